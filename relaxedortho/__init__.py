@@ -1,0 +1,16 @@
+"""relaxedortho: maps between representation spaces that are exactly, nearly or not orthogonal.
+
+The spectrum, one interface (:class:`~relaxedortho.maps.AlignmentMap`):
+
+- hard: :class:`OrthogonalLinear` (PyTorch parametrizations or a fast retraction), :class:`StiefelLinear` (geoopt);
+- relaxed: :class:`LambdaOrthoLinear` (λ-orthogonality, Ricci et al. NeurIPS 2025);
+- free: :class:`AffineMap`.
+"""
+from . import linalg, penalties
+from .maps import AffineMap, AlignmentMap, LambdaOrthoLinear, OrthogonalLinear, StiefelLinear, riemannian_lr
+from .serialization import load, save
+
+__version__ = "0.1.0"
+
+__all__ = ["AffineMap", "AlignmentMap", "LambdaOrthoLinear", "OrthogonalLinear", "StiefelLinear",
+           "riemannian_lr", "save", "load", "linalg", "penalties", "__version__"]

@@ -1,0 +1,91 @@
+"""One place for input validation and its messages.
+
+Validation happens once, at construction or data entry, never inside a hot path: a finiteness check
+forces a device synchronisation and breaks ``torch.compile``.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_float_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None, ndim: int | None = None,
+                    finite: bool = True, allow_half: bool = True) -> torch.Tensor:
+    """Convert ``x`` (tensor, NumPy array or nested sequence) to a floating tensor and validate it.
+
+    Raises :class:`TypeError` for non-float data (integers, booleans, complex) and :class:`ValueError`
+    for a wrong number of dimensions or NaN/Inf entries, naming ``name`` in the message.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)) or isinstance(x, np.memmap):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "f":
+            raise TypeError(f"{name} must hold floating-point numbers, got NumPy dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {t.dtype}")
+    if not allow_half and t.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {tuple(t.shape)}")
+    if dtype is not None or device is not None:
+        t = t.to(device=device if device is not None else t.device,
+                 dtype=dtype if dtype is not None else t.dtype)
+    if finite and t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return t
+
+
+def check_features(n: Any, name: str) -> int:
+    """A positive integer feature count."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def check_nonnegative(value: Any, name: str, *, allow_inf: bool = False) -> float:
+    """A real number >= 0 (and finite unless ``allow_inf``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or v < 0 or (math.isinf(v) and not allow_inf):
+        allowed = "a number >= 0" + (" (math.inf allowed)" if allow_inf else " and finite")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return v
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite real number > 0."""
+    v = check_nonnegative(value, name)
+    if v == 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_paired(X: torch.Tensor, Y: torch.Tensor, names: tuple[str, str] = ("X", "Y")) -> None:
+    """Paired row sets: same number of rows."""
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same number of rows (paired samples), "
+                         f"got {X.shape[0]} and {Y.shape[0]}")
+
+
+def check_weight_shape(weight: torch.Tensor, out_features: int, in_features: int, name: str = "weight") -> None:
+    if tuple(weight.shape) != (out_features, in_features):
+        raise ValueError(f"{name} must have shape (out_features, in_features) = ({out_features}, {in_features}), "
+                         f"got {tuple(weight.shape)}")

@@ -1,0 +1,103 @@
+r"""The relaxed middle of the spectrum: an affine map trained with the λ-orthogonality regularizer."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .._checks import check_choice, check_nonnegative, check_positive
+from ..penalties import frobenius_deviation, lambda_orthogonality, randomized_deviation
+from .affine import AffineMap
+
+#: Default sigmoid steepness α. The paper gives no value. With α = 10 the gate passes from 1 % to 99 %
+#: over a band of ±0.46 around λ in ‖G − I‖_F, and the penalty's slope at the threshold is ½ + 2.5·λ.
+DEFAULT_ALPHA = 10.0
+
+
+class LambdaOrthoLinear(AffineMap):
+    r"""Affine map :math:`y = xA^\top + b` whose :meth:`regularizer` is the λ-orthogonality penalty.
+
+    .. math::
+
+        L_\lambda(A) = w \cdot \sigma\big(\alpha(\lVert G(A) - I\rVert_F - \lambda)\big)\,\lVert G(A) - I\rVert_F
+
+    (Ricci et al., "λ-Orthogonality Regularization for Compatible Representation Learning",
+    NeurIPS 2025, arXiv 2509.16664, Eq. 6), with :math:`G` the *small* Gram (:math:`A^\top A` for square and
+    expanding maps, :math:`AA^\top` for compressing ones), the **unsquared** Frobenius norm, and penalty
+    weight :math:`w` (1 in the paper). Add :meth:`regularizer` to the task loss. While the task loss pulls
+    less than the penalty's slope (about :math:`\tfrac12 + \alpha\lambda/4` at the threshold, then → 1), training
+    holds :math:`\lVert G - I\rVert_F` near λ; a per-sample *summed* loss can overrun it, a mean loss
+    rarely does (MATH.md §2).
+
+    By the distortion bound, for square and expanding maps :math:`\lVert A^\top A - I\rVert_2 \le \lambda`
+    implies :math:`|\langle Aa, Ab\rangle - \langle a, b\rangle| \le \lambda \lVert a\rVert\lVert b\rVert`.
+
+    Args:
+        in_features, out_features: sizes of input and output samples (any, square or rectangular).
+        bias: learn an additive bias (default ``True``, as in the paper).
+        lam: tolerance λ >= 0 on :math:`\lVert G - I\rVert_F`. ``math.inf`` is exactly the free affine map
+            (regularizer 0); ``0`` is unsquared soft orthogonality, not the hard constraint. Default 1.0:
+            choose it for your width (the paper uses 12 for 1024-d features).
+        alpha: sigmoid steepness α > 0 (default :data:`DEFAULT_ALPHA` = 10).
+        gate: ``"sigmoid"`` (Eq. 6, default) or ``"heaviside"`` (Eq. 5, not differentiable in λ).
+        penalty_weight: multiplier :math:`w` >= 0 of the penalty (default 1, as in the paper).
+        estimator: ``"exact"`` (default; one Gram product forward, one backward, hand-written gradient
+            that is 0 at :math:`G = I`) or ``"randomized"`` (:func:`~relaxedortho.penalties.randomized_deviation`
+            with ``num_probes`` Gaussian probes: :math:`O(k\,pq)` cost, unbiased for the squared norm,
+            biased low by Jensen for the norm; see its documentation).
+        num_probes: probes of the randomized estimator (default 16).
+        init: starting weight: ``"orthogonal"`` (default), ``"identity"``, ``"kaiming"`` or a matrix.
+        device, dtype: factory arguments.
+
+    The regularizer is evaluated in float32 (float64 for float64 weights), also under autocast.
+
+    Example:
+        >>> import torch, relaxedortho as ro
+        >>> m = ro.LambdaOrthoLinear(8, 8, lam=0.5, init="identity")
+        >>> float(m.regularizer())
+        0.0
+        >>> with torch.no_grad():
+        ...     m.weight.mul_(2.0)
+        >>> round(m.orthogonality_error(), 4)  # ||4 I - I||_F = 3 * sqrt(8)
+        8.4853
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, lam: float = 1.0,
+                 alpha: float = DEFAULT_ALPHA, gate: str = "sigmoid", penalty_weight: float = 1.0,
+                 estimator: str = "exact", num_probes: int = 16, init: Any = "orthogonal",
+                 device=None, dtype=None) -> None:
+        self_lam = check_nonnegative(lam, "lam", allow_inf=True)
+        self_alpha = check_positive(alpha, "alpha")
+        check_choice(gate, "gate", ("sigmoid", "heaviside"))
+        check_choice(estimator, "estimator", ("exact", "randomized"))
+        pw = check_nonnegative(penalty_weight, "penalty_weight")
+        if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+            raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}")
+        super().__init__(in_features, out_features, bias=bias, init=init, device=device, dtype=dtype)
+        self.lam = self_lam
+        self.alpha = self_alpha
+        self.gate = gate
+        self.penalty_weight = pw
+        self.estimator = estimator
+        self.num_probes = num_probes
+
+    def deviation(self) -> torch.Tensor:
+        r""":math:`\lVert G - I\rVert_F` as the regularizer sees it (exact or randomized), differentiable."""
+        if self.estimator == "randomized":
+            return randomized_deviation(self.weight, self.num_probes)
+        return frobenius_deviation(self.weight)
+
+    def regularizer(self) -> torch.Tensor:
+        r""":math:`w \cdot L_\lambda(A)`, a differentiable scalar in float32 (float64 for float64 weights)."""
+        if math.isinf(self.lam) or self.penalty_weight == 0:
+            return super().regularizer()
+        pen = lambda_orthogonality(self.weight, self.lam, self.alpha, gate=self.gate, deviation=self.deviation())
+        return pen * self.penalty_weight if self.penalty_weight != 1.0 else pen
+
+    def config(self) -> dict:
+        return {**super().config(), "lam": self.lam, "alpha": self.alpha, "gate": self.gate,
+                "penalty_weight": self.penalty_weight, "estimator": self.estimator, "num_probes": self.num_probes}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, lam={self.lam}, alpha={self.alpha}, gate={self.gate!r}"

@@ -1,0 +1,108 @@
+r"""The hard end of the spectrum through geoopt: a Stiefel :class:`geoopt.ManifoldParameter`.
+
+geoopt's :class:`geoopt.Stiefel` manifold holds tall matrices only (``shape[-1] <= shape[-2]``). A wide
+(compressing) map stores its transpose and exposes ``weight`` as a view, so every shape works.
+Train it with :class:`geoopt.optim.RiemannianAdam` or :class:`geoopt.optim.RiemannianSGD`; see
+:func:`riemannian_lr` for the learning rate.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._checks import check_choice, check_features
+from .._geoopt import geoopt
+from ..linalg import random_orthogonal
+from .base import AlignmentMap, check_orthonormal, initial_weight
+
+
+def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
+    r"""Learning rate for :class:`geoopt.optim.RiemannianAdam` that moves like Adam at ``lr``: :math:`lr\sqrt{pq}`.
+
+    geoopt's RiemannianAdam keeps one scalar second moment per manifold matrix, so each step moves about
+    ``lr`` in Frobenius norm, while Adam moves about ``lr`` per *entry*, i.e. :math:`lr\sqrt{pq}` in
+    Frobenius norm (MATH.md §4).
+    """
+    return lr * math.sqrt(in_features * out_features)
+
+
+class StiefelLinear(AlignmentMap, nn.Module):
+    r"""Hard orthogonal map :math:`y = xA^\top (+ b)` whose weight is a geoopt Stiefel ``ManifoldParameter``.
+
+    Args:
+        in_features, out_features: sizes (square, tall or wide).
+        bias: learn a translation (default ``False``).
+        canonical: use geoopt's canonical metric with the Cayley retraction (an n×n solve) instead of the
+            Euclidean metric with the QR retraction (default ``False``).
+        init: ``"orthogonal"`` (default), ``"identity"`` or an orthonormal ``out x in`` matrix.
+        device, dtype: factory arguments.
+
+    Train with a geoopt Riemannian optimizer (plain ``torch.optim`` optimizers leave the manifold), at a
+    learning rate scaled by :func:`riemannian_lr`; ``relaxedortho.fit_alignment`` does both.
+
+    Example:
+        >>> import torch
+        >>> m = StiefelLinear(3, 5)
+        >>> tuple(m.weight.shape), tuple(m.stiefel_weight.shape)
+        ((5, 3), (5, 3))
+        >>> tuple(StiefelLinear(5, 3).stiefel_weight.shape)  # wide maps store the transpose
+        (5, 3)
+    """
+
+    is_orthogonal = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, canonical: bool = False,
+                 init: Any = "orthogonal", device=None, dtype=None) -> None:
+        check_features(in_features, "in_features")
+        check_features(out_features, "out_features")
+        super().__init__()
+        self.in_features, self.out_features, self.canonical = in_features, out_features, bool(canonical)
+        dtype = dtype or torch.get_default_dtype()
+        w0 = (random_orthogonal(out_features, in_features, dtype=dtype, device=device)
+              if isinstance(init, str) and init == "orthogonal"
+              else initial_weight(init, out_features, in_features, dtype=dtype, device=device))
+        check_orthonormal(w0, "init")
+        manifold = geoopt.Stiefel(canonical=self.canonical)
+        self.stiefel_weight = geoopt.ManifoldParameter(self._to_stored(w0).clone(), manifold=manifold)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @property
+    def wide(self) -> bool:
+        return self.out_features < self.in_features
+
+    def _to_stored(self, w: torch.Tensor) -> torch.Tensor:
+        return w.mT.contiguous() if self.wide else w
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """The ``out x in`` matrix (a view of the stored tall Stiefel point)."""
+        w = self.stiefel_weight.as_subclass(torch.Tensor)
+        return w.mT if self.wide else w
+
+    @torch.no_grad()
+    def load_matrix_(self, weight: Any, bias: Any = None) -> "StiefelLinear":
+        w, b = self._validated(weight, bias)
+        w = w.to(dtype=self.stiefel_weight.dtype, device=self.stiefel_weight.device)
+        check_orthonormal(w, "weight")
+        self.stiefel_weight.copy_(self._to_stored(w))
+        if self.bias is not None:
+            self.bias.copy_(b) if b is not None else self.bias.zero_()
+        return self
+
+    @torch.no_grad()
+    def project_(self) -> "StiefelLinear":
+        """Project the stored point back onto the manifold (polar factor), e.g. after float32 drift."""
+        self.stiefel_weight.copy_(self.stiefel_weight.manifold.projx(self.stiefel_weight))
+        return self
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "canonical": self.canonical}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"canonical={self.canonical}")
+

@@ -1,0 +1,197 @@
+r"""Orthogonality penalties usable on any weight matrix.
+
+All functions take a 2-D weight ``A`` (``out x in``, the :class:`torch.nn.Linear` convention) and work with
+its *small Gram* :math:`G` (see :func:`relaxedortho.linalg.small_gram`); ``D = G - I``.
+
+================================  =====================================================  ==========================
+name                              value                                                  source
+================================  =====================================================  ==========================
+:func:`lambda_orthogonality`      :math:`\sigma(\alpha(\lVert D\rVert_F-\lambda))\,\lVert D\rVert_F`  Ricci et al. 2025, Eq. 6
+:func:`frobenius_deviation`       :math:`\lVert D\rVert_F` (unsquared soft orthogonality)  Ricci et al. 2025, Eq. 3
+:func:`so_penalty`                :math:`\lVert D\rVert_F^2`                             Bansal et al. 2018 (SO)
+:func:`dso_penalty`               :math:`\lVert A^\top A-I\rVert_F^2+\lVert AA^\top-I\rVert_F^2`  Bansal et al. 2018 (DSO)
+:func:`mc_penalty`                :math:`\max_{ij} |D_{ij}|`                             Bansal et al. 2018 (MC)
+:func:`srip_penalty`              :math:`\sigma_{\max}(D)` by power iteration            Bansal et al. 2018 (SRIP)
+:func:`randomized_deviation`      :math:`\sqrt{\tfrac1k\sum_i \lVert D v_i\rVert^2}`, :math:`v_i\sim\mathcal N(0,I)`  Hutchinson-type estimate
+================================  =====================================================  ==========================
+
+The penalties are evaluated in at least float32, also under autocast (MATH.md §2).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_choice, check_nonnegative, check_positive
+from .linalg import gram_deviation
+
+
+def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
+    return weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
+
+
+class _FrobeniusDeviation(torch.autograd.Function):
+    r""":math:`n(A) = \lVert G(A) - I\rVert_F` with the hand-written gradient
+
+    .. math:: \partial n / \partial A = 2 A D / n \;(\text{tall}), \qquad 2 D A / n \;(\text{wide}),
+
+    defined as 0 at :math:`D = 0`, where the unsquared norm is not differentiable (autograd through
+    ``sqrt(sum(D**2))`` would give NaN there). Costs one Gram product forward and one product backward.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        d = gram_deviation(weight)
+        n = torch.linalg.matrix_norm(d)
+        ctx.save_for_backward(weight, d, n)
+        return n
+
+    @staticmethod
+    def backward(ctx, grad_n: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        weight, d, n = ctx.saved_tensors
+        scale = torch.where(n > 0, 2.0 * grad_n / n.clamp_min(torch.finfo(n.dtype).tiny), torch.zeros_like(n))
+        if weight.shape[-2] >= weight.shape[-1]:
+            return (weight @ d) * scale
+        return (d @ weight) * scale
+
+
+def frobenius_deviation(weight: torch.Tensor) -> torch.Tensor:
+    r"""Unsquared soft orthogonality :math:`\lVert G(A) - I\rVert_F` (Ricci et al. 2025, Eq. 3).
+
+    Differentiable everywhere with gradient 0 at :math:`G = I` (never NaN). Evaluated in at least
+    float32, with autocast disabled inside.
+
+    Example:
+        >>> import torch
+        >>> float(frobenius_deviation(torch.eye(4)))
+        0.0
+    """
+    w = _at_least_float32(weight)
+    with torch.autocast(device_type=w.device.type, enabled=False):
+        return _FrobeniusDeviation.apply(w)
+
+
+def lambda_gate(deviation: torch.Tensor, lam: float, alpha: float, gate: str = "sigmoid") -> torch.Tensor:
+    r"""Gate of the λ-orthogonality penalty: :math:`\sigma(\alpha(n - \lambda))` or :math:`H(n - \lambda)`.
+
+    ``lam = math.inf`` gives a gate of exactly 0.
+    """
+    if math.isinf(lam):
+        return torch.zeros_like(deviation)
+    if gate == "heaviside":
+        return (deviation > lam).to(deviation.dtype)
+    return torch.sigmoid(alpha * (deviation - lam))
+
+
+def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: float = 10.0, *, gate: str = "sigmoid",
+                         deviation: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The λ-orthogonality regularizer (Ricci et al., NeurIPS 2025, arXiv 2509.16664, Eq. 6):
+
+    .. math:: L_\lambda(A) = \sigma\big(\alpha(\lVert G - I\rVert_F - \lambda)\big)\,\lVert G - I\rVert_F,
+
+    with the **unsquared** Frobenius norm of the small Gram. ``gate="heaviside"`` gives Eq. 5,
+    :math:`H(\lVert G-I\rVert_F-\lambda)\lVert G-I\rVert_F`. ``lam = 0`` with a large ``alpha`` is unsquared soft
+    orthogonality (not a hard constraint: its slope is bounded, see MATH.md §2); ``lam = math.inf`` gives
+    exactly 0 (the free affine map).
+
+    Args:
+        weight: 2-D weight (``out x in``).
+        lam: tolerance λ >= 0 on :math:`\lVert G - I\rVert_F` (``math.inf`` allowed).
+        alpha: steepness α > 0 of the sigmoid gate.
+        gate: ``"sigmoid"`` (Eq. 6) or ``"heaviside"`` (Eq. 5).
+        deviation: a precomputed :math:`\lVert G-I\rVert_F` (e.g. a randomized estimate); computed exactly
+            with :func:`frobenius_deviation` when omitted.
+
+    The gradient with respect to the deviation :math:`n` is :math:`\sigma + \alpha n \sigma(1-\sigma)`:
+    about :math:`\tfrac12 + \alpha\lambda/4` at the threshold and tending to 1 beyond it.
+
+    Example:
+        >>> import torch
+        >>> w = 1.1 * torch.eye(3)
+        >>> round(float(lambda_orthogonality(w, lam=0.0, alpha=1e6)), 4)  # = ||1.21 I - I||_F
+        0.3637
+    """
+    lam = check_nonnegative(lam, "lam", allow_inf=True)
+    alpha = check_positive(alpha, "alpha")
+    check_choice(gate, "gate", ("sigmoid", "heaviside"))
+    if math.isinf(lam):
+        return weight.new_zeros((), dtype=_at_least_float32(weight).dtype)
+    n = frobenius_deviation(weight) if deviation is None else deviation
+    return lambda_gate(n, lam, alpha, gate) * n
+
+
+def so_penalty(weight: torch.Tensor) -> torch.Tensor:
+    r"""Soft orthogonality (SO): :math:`\lVert G - I\rVert_F^2` on the small Gram (Bansal et al. 2018)."""
+    w = _at_least_float32(weight)
+    return gram_deviation(w).square().sum()
+
+
+def dso_penalty(weight: torch.Tensor) -> torch.Tensor:
+    r"""Double soft orthogonality (DSO): :math:`\lVert A^\top A - I\rVert_F^2 + \lVert AA^\top - I\rVert_F^2`.
+
+    Bansal et al. 2018. Only zero for square orthogonal matrices: a rectangular matrix has one Gram of
+    rank < its size, so the larger term cannot vanish.
+    """
+    w = _at_least_float32(weight)
+    i_in = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
+    i_out = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device)
+    return (w.mT @ w - i_in).square().sum() + (w @ w.mT - i_out).square().sum()
+
+
+def mc_penalty(weight: torch.Tensor) -> torch.Tensor:
+    r"""Mutual coherence (MC): :math:`\max_{ij} |(G - I)_{ij}|` (Bansal et al. 2018).
+
+    Bansal et al. state it for unit-norm columns, where only off-diagonal entries matter; here the
+    diagonal counts too so that the penalty vanishes exactly on orthonormal matrices only.
+    """
+    return gram_deviation(_at_least_float32(weight)).abs().amax()
+
+
+def srip_penalty(weight: torch.Tensor, n_iter: int = 2, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Spectral restricted isometry property (SRIP): :math:`\sigma_{\max}(G - I)` (Bansal et al. 2018).
+
+    Power iteration with the matrix-free product :math:`v \mapsto A^\top(Av) - v` (tall orientation), ``n_iter``
+    iterations from a Gaussian start (the paper uses 2). Published code disagrees on :math:`\sigma` vs
+    :math:`\sigma^2`; this returns :math:`\sigma` (not squared). The iterate is detached, so the gradient is
+    that of :math:`\lVert (G-I) v\rVert` at the final direction :math:`v`. An estimate from below.
+    """
+    if n_iter < 1:
+        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    w = _at_least_float32(weight)
+    a = w if w.shape[-2] >= w.shape[-1] else w.mT
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return a.mT @ (a @ v) - v
+
+    v = torch.randn(a.shape[-1], 1, generator=generator, dtype=w.dtype, device="cpu").to(w.device)
+    with torch.no_grad():
+        for _ in range(n_iter):
+            v = apply(v)
+            v = v / v.norm().clamp_min(torch.finfo(w.dtype).tiny)
+    return apply(v).norm()
+
+
+def randomized_deviation(weight: torch.Tensor, num_probes: int = 16, *,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Cheap estimate of :math:`\lVert G - I\rVert_F` from ``num_probes`` Gaussian probes.
+
+    .. math:: \hat n = \Big(\tfrac1k \sum_{i=1}^k \lVert (G - I) v_i\rVert^2\Big)^{1/2}, \quad v_i \sim \mathcal N(0, I).
+
+    Costs :math:`O(k \cdot p \cdot q)` instead of a full Gram product. The squared estimate is *unbiased*
+    for :math:`\lVert D\rVert_F^2` with variance :math:`2\lVert D^2\rVert_F^2 / k \le 2\lVert D\rVert_F^4/k`
+    (relative standard deviation at most :math:`\sqrt{2/k}`); its square root is biased low (Jensen),
+    by about :math:`\operatorname{Var}/(8 n^3)` to first order. Gradient 0 where the estimate is 0.
+    """
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}")
+    w = _at_least_float32(weight)
+    a = w if w.shape[-2] >= w.shape[-1] else w.mT
+    with torch.autocast(device_type=w.device.type, enabled=False):
+        v = torch.randn(a.shape[-1], num_probes, generator=generator, dtype=w.dtype,
+                        device="cpu" if generator is not None and generator.device.type == "cpu" else w.device)
+        v = v.to(w.device)
+        r = a.mT @ (a @ v) - v
+        sq = r.square().sum() / num_probes
+        tiny = torch.finfo(w.dtype).tiny
+        return torch.where(sq > tiny, sq.clamp_min(tiny).sqrt(), torch.zeros_like(sq))
