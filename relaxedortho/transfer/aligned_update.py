@@ -61,9 +61,11 @@ def soft_orthogonal_map(features: int, *, beta: float = 1.0, init: Any = "identi
     Example:
         >>> import torch
         >>> u = soft_orthogonal_map(3)
-        >>> float(u.regularizer())
+        >>> float(u.regularizer().detach())
         0.0
     """
+    if dtype is None and isinstance(init, torch.Tensor):
+        dtype = init.dtype
     return LambdaOrthoLinear(features, features, bias=False, lam=0.0, gate="heaviside",
                              penalty_weight=check_nonnegative(beta, "beta"), init=init, dtype=dtype, device=device)
 
