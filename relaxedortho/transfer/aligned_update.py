@@ -22,7 +22,8 @@ is exactly the source with its spaces rotated, :math:`x_t = x_s U_\text{in}` and
 for orthogonal :math:`U`, then :math:`W_t = U_\text{out}^\top W_s U_\text{in}` and the transferred update is
 exactly the target-side image of :math:`\tau`. For a square layer with :math:`U_\text{in} = U_\text{out} = U`
 this is the paper's :math:`U^\top\tau U`. With square orthogonal :math:`U` s the update keeps the Frobenius
-norm, singular values and rank of :math:`\tau`.
+norm, singular values and rank of :math:`\tau`; so it does when the target is wider than the source and both
+maps have orthonormal rows (:math:`U U^\top = I`).
 
 The maps may be any of the spectrum (:class:`~relaxedortho.OrthogonalLinear`,
 :class:`~relaxedortho.StiefelLinear`, :class:`~relaxedortho.LambdaOrthoLinear`,
@@ -68,10 +69,6 @@ def soft_orthogonal_map(features: int, *, beta: float = 1.0, init: Any = "identi
         dtype = init.dtype
     return LambdaOrthoLinear(features, features, bias=False, lam=0.0, gate="heaviside",
                              penalty_weight=check_nonnegative(beta, "beta"), init=init, dtype=dtype, device=device)
-
-
-def _map_weight(u: nn.Module | None) -> torch.Tensor | None:
-    return None if u is None else u.weight
 
 
 def _check_map(u: Any, name: str, target_dim: int, source_dim: int) -> None:
