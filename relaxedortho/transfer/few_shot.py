@@ -1,0 +1,135 @@
+r"""A small few-shot training loop: learn only the alignment maps of a transferred model.
+
+The objective of Endo, Kera, Kawamoto (2025, arXiv 2505.12021) for the maps :math:`U_1,\dots,U_L`:
+
+.. math:: \mathcal L = \mathrm{CE}\big(f_{U}(x), y\big) + \frac1L\sum_{l=1}^{L} R(U_l),
+
+with :math:`R` each map's :meth:`~relaxedortho.AlignmentMap.regularizer` (the paper's
+:math:`\beta\lVert U^\top U - I\rVert_F` for :func:`~relaxedortho.transfer.soft_orthogonal_map`, the
+λ-orthogonality penalty for :class:`~relaxedortho.LambdaOrthoLinear`, 0 for hard and free maps). Adam
+without weight decay (decay pulls :math:`U` towards 0, away from orthogonality); geoopt's
+``RiemannianAdam`` at :func:`~relaxedortho.riemannian_lr` when a map holds a Stiefel manifold parameter.
+Hard :class:`~relaxedortho.OrthogonalLinear` maps stay orthogonal through their own mechanism.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .._checks import check_positive
+from .aligned_update import transfer_maps
+
+
+def _check_data(inputs, labels, model):
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        raise TypeError("inputs must be a floating-point torch.Tensor")
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError("labels must be an integer torch.Tensor of class indices")
+    if inputs.shape[0] != labels.shape[0] or labels.ndim != 1:
+        raise ValueError(f"inputs ({inputs.shape[0]} rows) and labels (shape {tuple(labels.shape)}) must be paired")
+
+
+def _optimizer(params: list[nn.Parameter], lr: float, maps: list[nn.Module]):
+    from ..maps import StiefelLinear, riemannian_lr
+
+    stiefel = [m for m in maps if isinstance(m, StiefelLinear)]
+    if not stiefel:
+        return torch.optim.Adam(params, lr=lr)
+    from .._geoopt import geoopt
+
+    special = {id(m.stiefel_weight): m for m in stiefel}
+    groups = [{"params": [p for p in params if id(p) not in special], "lr": lr}]
+    groups += [{"params": [m.stiefel_weight], "lr": riemannian_lr(lr, m.in_features, m.out_features)}
+               for m in stiefel]
+    return geoopt.optim.RiemannianAdam([g for g in groups if g["params"]], lr=lr)
+
+
+def _steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, steps: int = 200,
+                        lr: float = 1e-2, batch_size: int | None = None,
+                        generator: torch.Generator | None = None) -> list[float]:
+    r"""Train only the alignment maps of ``model`` (from :func:`~relaxedortho.transfer.transfer_task_vector`).
+
+    Minimises cross-entropy plus the mean of the maps' regularizers (module documentation) with Adam (no
+    weight decay). Every other parameter of ``model`` is frozen during the call and restored afterwards.
+
+    Args:
+        model: a model with :class:`~relaxedortho.transfer.TransferredLinear` layers, returning logits.
+        inputs: few-shot inputs (``n x ...``, float tensor).
+        labels: their class indices (``n``, int64).
+        steps: optimizer steps (default 200).
+        lr: Adam learning rate (default 1e-2; Stiefel maps get :func:`~relaxedortho.riemannian_lr`).
+        batch_size: minibatch size, ``None`` (default) for full batch.
+        generator: random generator for the minibatch order.
+
+    Returns:
+        the training loss at each step.
+    """
+    _check_data(inputs, labels, model)
+    steps = _steps(steps)
+    lr = check_positive(lr, "lr")
+    maps = transfer_maps(model)
+    if not maps:
+        raise ValueError("model has no alignment maps to train (no TransferredLinear layer with a map)")
+    map_params = {id(p): p for u in maps for p in u.parameters()}
+    frozen = [(p, p.requires_grad) for p in model.parameters() if id(p) not in map_params]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    params = [p for p in map_params.values() if p.requires_grad]
+    opt = _optimizer(params, lr, maps)
+    was_training = model.training
+    model.train()
+    history = []
+    try:
+        for _ in range(steps):
+            xb, yb = _batch(inputs, labels, batch_size, generator)
+            opt.zero_grad(set_to_none=True)
+            reg = sum(u.regularizer() for u in maps) / len(maps)
+            loss = F.cross_entropy(model(xb), yb) + reg
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return history
+
+
+def _batch(inputs, labels, batch_size, generator):
+    if batch_size is None or batch_size >= inputs.shape[0]:
+        return inputs, labels
+    idx = torch.randperm(inputs.shape[0], generator=generator)[:batch_size]
+    return inputs[idx], labels[idx]
+
+
+def finetune_few_shot(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, steps: int = 200,
+                      lr: float = 1e-3, batch_size: int | None = None,
+                      generator: torch.Generator | None = None) -> list[float]:
+    """Fine-tune every parameter of ``model`` in place with Adam on cross-entropy (the few-shot baseline).
+
+    Returns the training loss at each step.
+    """
+    _check_data(inputs, labels, model)
+    steps = _steps(steps)
+    opt = torch.optim.Adam(model.parameters(), lr=check_positive(lr, "lr"))
+    was_training = model.training
+    model.train()
+    history = []
+    try:
+        for _ in range(steps):
+            xb, yb = _batch(inputs, labels, batch_size, generator)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+    finally:
+        model.train(was_training)
+    return history
