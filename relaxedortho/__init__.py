@@ -9,8 +9,15 @@ The spectrum, one interface (:class:`~relaxedortho.maps.AlignmentMap`):
 from . import linalg, penalties
 from .maps import AffineMap, AlignmentMap, LambdaOrthoLinear, OrthogonalLinear, StiefelLinear, riemannian_lr
 from .serialization import load, save
+from . import transfer
+from .transfer import (TransferredLinear, apply_task_vector, merge_transferred, procrustes_weight,
+                       run_transfer_demo, soft_orthogonal_map, task_vector, train_transfer_maps,
+                       transfer_task_vector)
 
 __version__ = "0.1.0"
 
 __all__ = ["AffineMap", "AlignmentMap", "LambdaOrthoLinear", "OrthogonalLinear", "StiefelLinear",
-           "riemannian_lr", "save", "load", "linalg", "penalties", "__version__"]
+           "riemannian_lr", "save", "load", "linalg", "penalties", "__version__",
+           "transfer", "task_vector", "apply_task_vector", "TransferredLinear", "transfer_task_vector",
+           "merge_transferred", "soft_orthogonal_map", "procrustes_weight", "train_transfer_maps",
+           "run_transfer_demo"]
