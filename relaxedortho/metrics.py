@@ -19,9 +19,11 @@ Conventions (stated once, used by every function here):
   relevant items the order does not change any metric.)
 - **Chunked computation.** Queries are processed in chunks of ``chunk_size`` rows on the features' device;
   memory is :math:`O(\text{chunk} \times n_\text{gallery})`, so a :math:`10^5 \times 10^5` similarity
-  matrix never materialises. No full sort is needed: CMC counts, per query, the non-relevant items scoring
-  at least the best relevant one; AP buckets all similarities between the sorted relevant similarities
-  (``searchsorted``), :math:`O(n_\text{gallery}\log R)` per query for :math:`R` relevant items.
+  matrix never materialises (besides it, one normalised copy of the features is made). No full sort is
+  needed: CMC counts, per query, the non-relevant items scoring at least the best relevant one; AP buckets
+  the similarities between the sorted relevant similarities (``searchsorted``), at most
+  :math:`O(n_\text{gallery}\log R)` per query for :math:`R` relevant items; on CPU only the similarities
+  above the worst relevant one are searched, so for good features mAP costs about as much as CMC.
 
 Definitions (MATH.md §7). With :math:`u_1 \ge \dots \ge u_R` the similarities of the :math:`R` relevant
 items of a query and :math:`N(u)` the number of non-relevant items with similarity :math:`\ge u`, the
@@ -213,6 +215,33 @@ def _prepare(query: Any, gallery: Any, query_labels: Any, gallery_labels: Any, l
 
 # --------------------------------------------------------------------------------------------------- engine
 
+#: Force the batched (``True``) or the row-wise filtered (``False``) counting of :func:`_count_at_least`;
+#: ``None`` picks batched on accelerators and row-wise on CPU (used by the tests to cover both paths).
+_BATCHED_COUNT: bool | None = None
+
+
+def _count_at_least(sim: torch.Tensor, a: torch.Tensor, *, batched: bool) -> torch.Tensor:
+    r"""``out[r, i] = #{j : sim[r, j] >= a[r, i]}`` for ``a`` sorted ascending per row (``+inf`` pads give 0).
+
+    Each similarity falls in bucket :math:`b(s) = \#\{i : a_i \le s\}`; the items with :math:`s \ge a_i`
+    are those in buckets :math:`\ge i`, so a histogram of buckets and a reversed cumulative sum give all
+    counts. The row-wise path (CPU) first drops the similarities below the row's smallest threshold, which
+    never count, and searches only the rest: for good features that is a small head of the gallery.
+    """
+    c, width = a.shape
+    if batched:
+        bucket = torch.searchsorted(a, sim, right=True)
+        flat = bucket + (torch.arange(c, device=sim.device) * (width + 1))[:, None]
+        hist = torch.bincount(flat.reshape(-1), minlength=c * (width + 1)).view(c, width + 1)
+    else:
+        hist = torch.zeros(c, width + 1, dtype=torch.int64, device=sim.device)
+        keep = sim >= a[:, :1]
+        for r in range(c):
+            v = sim[r][keep[r]]
+            hist[r] = torch.bincount(torch.searchsorted(a[r], v, right=True), minlength=width + 1)
+    return hist.flip(1).cumsum(1).flip(1)[:, 1:]
+
+
 def _evaluate(p: _Problem, ks: tuple[int, ...], want_map: bool) -> tuple[dict[int, float] | None, float | None]:
     device, n_g = p.gallery.device, p.gallery.shape[0]
     acc_dtype = torch.float64 if device.type != "mps" else torch.float32
@@ -238,11 +267,8 @@ def _evaluate(p: _Problem, ks: tuple[int, ...], want_map: bool) -> tuple[dict[in
         rel_sim = sim.gather(1, gidx)
         if want_map:
             a = torch.where(inblock, rel_sim, math.inf).sort(dim=1).values       # ascending, +inf pads last
-            # bucket b(s) = #{i : a_i <= s}; all items with s >= a_i are those with bucket >= i
-            bucket = torch.searchsorted(a, sim, right=True)
-            flat = bucket + (torch.arange(c, device=device) * (width + 1))[:, None]
-            hist = torch.bincount(flat.reshape(-1), minlength=c * (width + 1)).view(c, width + 1)
-            n_all_ge = hist.flip(1).cumsum(1).flip(1)[:, 1:]             # (c, width), index i-1 for a_i
+            n_all_ge = _count_at_least(sim, a, batched=_BATCHED_COUNT if _BATCHED_COUNT is not None
+                                       else device.type != "cpu")
             n_rel_ge = n_rel[:, None] - torch.searchsorted(a, a, right=False)
             n_irr_ge = n_all_ge - n_rel_ge
             i = torch.arange(1, width + 1, device=device)

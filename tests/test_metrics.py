@@ -90,11 +90,16 @@ def test_matches_brute_force(problem):
             M.retrieval_report(q, g, ql, gl, ks, loo, chunk_size=chunk)
         return
     dtype = np.float32 if exact else np.float64       # exact features: float32 is exact too
-    rep = M.retrieval_report(q.astype(dtype), g.astype(dtype), ql, gl, ks, loo, chunk_size=chunk)
-    assert rep.n_without_relevant == ref_without
-    assert rep.n_queries == len(q)
-    assert rep.cmc == pytest.approx(ref_cmc, abs=1e-12)
-    assert rep.map == pytest.approx(ref_map, abs=1e-12)
+    for batched in (False, True):                     # both counting paths (CPU row-wise, accelerator batched)
+        M._BATCHED_COUNT = batched
+        try:
+            rep = M.retrieval_report(q.astype(dtype), g.astype(dtype), ql, gl, ks, loo, chunk_size=chunk)
+        finally:
+            M._BATCHED_COUNT = None
+        assert rep.n_without_relevant == ref_without
+        assert rep.n_queries == len(q)
+        assert rep.cmc == pytest.approx(ref_cmc, abs=1e-12)
+        assert rep.map == pytest.approx(ref_map, abs=1e-12)
     # the single-metric entry points agree with the joint report
     assert M.cmc(torch.from_numpy(q), torch.from_numpy(g), torch.from_numpy(ql), torch.from_numpy(gl), ks, loo,
                  chunk_size=chunk) == pytest.approx(ref_cmc, abs=1e-12)
