@@ -6,7 +6,7 @@ The spectrum, one interface (:class:`~relaxedortho.maps.AlignmentMap`):
 - relaxed: :class:`LambdaOrthoLinear` (λ-orthogonality, Ricci et al. NeurIPS 2025);
 - free: :class:`AffineMap`.
 """
-from . import linalg, penalties
+from . import linalg, losses, metrics, penalties
 from .maps import AffineMap, AlignmentMap, LambdaOrthoLinear, OrthogonalLinear, StiefelLinear, riemannian_lr
 from .serialization import load, save
 from . import transfer
@@ -17,7 +17,7 @@ from .transfer import (TransferredLinear, apply_task_vector, merge_transferred, 
 __version__ = "0.1.0"
 
 __all__ = ["AffineMap", "AlignmentMap", "LambdaOrthoLinear", "OrthogonalLinear", "StiefelLinear",
-           "riemannian_lr", "save", "load", "linalg", "penalties", "__version__",
+           "riemannian_lr", "save", "load", "linalg", "penalties", "losses", "metrics", "__version__",
            "transfer", "task_vector", "apply_task_vector", "TransferredLinear", "transfer_task_vector",
            "merge_transferred", "soft_orthogonal_map", "procrustes_weight", "train_transfer_maps",
            "run_transfer_demo"]
