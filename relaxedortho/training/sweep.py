@@ -5,9 +5,9 @@ Reproduces the kind of table and plot of Ricci et al. (NeurIPS 2025, arXiv 2509.
 
 - ``fit_mse``: element-wise mean squared error :math:`\frac{1}{nq}\lVert f(X) - Y\rVert_F^2` on the held-out
   rows (on the training rows when ``holdout=0``);
-- ``geometry``: nearest-neighbour agreement — the share of held-out points whose nearest other point (cosine
-  similarity) is the same in the mapped space as in the source space (1 for any orthogonal map without bias
-  up to ties; see :func:`neighbour_agreement`);
+- ``geometry``: nearest-neighbour agreement — the share of held-out points whose nearest other point
+  (Euclidean) is the same in the mapped space as in the source space (1 for an orthogonal map, with or
+  without bias, up to ties; see :func:`neighbour_agreement`);
 - ``orthogonality_error``: :math:`\lVert G - I\rVert_F` of the trained map;
 - ``metric``: ``metric(mapped, target, labels)`` when a metric is given (or, with ``labels``, the default
   CMC top-1 of :func:`~relaxedortho.training.trainer.default_retrieval_metric`).
@@ -28,31 +28,34 @@ COLUMNS = ("map", "lam", "fit_mse", "geometry", "orthogonality_error", "metric")
 
 
 def neighbour_agreement(source: torch.Tensor, mapped: torch.Tensor, chunk: int = 2048) -> float:
-    r"""Share of rows whose nearest other row (cosine) is the same in ``source`` and in ``mapped``.
+    r"""Share of rows whose nearest other row (Euclidean) is the same in ``source`` and in ``mapped``.
 
-    .. math:: \frac1n \sum_i \mathbb 1\big[\arg\max_{j\ne i} \cos(x_i, x_j) = \arg\max_{j\ne i}\cos(f(x_i), f(x_j))\big]
+    .. math:: \frac1n \sum_i \mathbb 1\big[\arg\min_{j\ne i} \lVert x_i - x_j\rVert
+              = \arg\min_{j\ne i}\lVert f(x_i) - f(x_j)\rVert\big]
 
-    Computed in chunks of rows (memory :math:`O(\text{chunk}\cdot n)`). A measure of preserved geometry:
-    orthogonal maps keep every cosine, so they score 1 (up to ties).
+    Computed in float64, in chunks of rows (memory :math:`O(\text{chunk}\cdot n)`). A measure of preserved
+    geometry: an isometry (orthogonal map plus any translation) keeps every distance and scores 1 (up to
+    ties); a map that distorts the geometry scores less.
 
     Example:
         >>> import torch
         >>> x = torch.randn(50, 6, dtype=torch.float64)
-        >>> neighbour_agreement(x, 3.0 * x)
+        >>> neighbour_agreement(x, 3.0 * x + 1.0)
         1.0
     """
     def nn_index(z: torch.Tensor) -> torch.Tensor:
-        z = torch.nn.functional.normalize(z.double(), dim=1)
+        z = z.double()
+        sq = (z * z).sum(dim=1)
         out = []
         for lo in range(0, z.shape[0], chunk):
-            s = z[lo:lo + chunk] @ z.T
+            d = sq[lo:lo + chunk, None] + sq[None, :] - 2.0 * (z[lo:lo + chunk] @ z.T)
             rows = torch.arange(lo, min(lo + chunk, z.shape[0]), device=z.device)
-            s[rows - lo, rows] = -math.inf
-            out.append(s.argmax(dim=1))
+            d[rows - lo, rows] = math.inf
+            out.append(d.argmin(dim=1))
         return torch.cat(out)
 
-    if source.shape[0] < 2:
-        raise ValueError("neighbour_agreement needs at least 2 rows")
+    if source.shape[0] < 2 or source.shape[0] != mapped.shape[0]:
+        raise ValueError("neighbour_agreement needs the same number (>= 2) of rows in source and mapped")
     return float((nn_index(source) == nn_index(mapped)).double().mean())
 
 
