@@ -65,6 +65,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return state
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping Python-number entries (geoopt's ``step`` counters) Python
+    numbers: PyTorch turns them into float32 tensors, which changes geoopt's bias corrections in the last bits."""
+    optimizer.load_state_dict(state)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved_ids = [i for g in state["param_groups"] for i in g["params"]]
+    for pid, p in zip(saved_ids, params):
+        for key, value in state["state"].get(pid, {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                optimizer.state[p][key] = value
+
+
 def mark_retracted(module: torch.nn.Module) -> None:
     """Tell retraction-based :class:`~relaxedortho.OrthogonalLinear` maps that their loaded weights are
     already on the manifold, so that the next forward pass does not re-project them (which would change

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import check_nonnegative, check_positive
-from .checkpoint import load_checkpoint, mark_retracted, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_optimizer_state, mark_retracted, rng_state, save_checkpoint, set_rng_state
 from .data import RowArray, check_same_length, epoch_order
 from .distributed import is_distributed, rank_and_world, shard
 from .history import TrainHistory
@@ -316,7 +316,7 @@ class Trainer:
                              f"({state['fingerprint']}) than this one ({fingerprint}); cannot resume exactly")
         self.module.load_state_dict(state["module"])
         mark_retracted(self.module)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
