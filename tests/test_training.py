@@ -309,3 +309,25 @@ def test_gradient_clipping_and_progress_bar(capsys):
          device="cpu").fit(100 * X, Y)
     assert max(norms) <= 1e-3 * (1 + 1e-5)
     assert "epoch 2/2" in capsys.readouterr().err
+
+
+def test_default_validation_metric_is_cmc_top1_against_brute_force():
+    pytest.importorskip("relaxedortho.metrics")
+    from relaxedortho.training import default_retrieval_metric
+
+    g = torch.Generator().manual_seed(0)
+    q, gal = torch.randn(30, 4, generator=g), torch.randn(30, 4, generator=g)
+    labels = torch.arange(30) % 6
+
+    def top1(a, b, la, lb):
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return float((lb[(a @ b.T).argmax(1)] == la).mean())
+
+    assert default_retrieval_metric(q, gal, labels) == pytest.approx(top1(q.numpy(), gal.numpy(), labels.numpy(),
+                                                                          labels.numpy()))
+    pairs = np.arange(30)
+    assert default_retrieval_metric(q, gal, None) == pytest.approx(top1(q.numpy(), gal.numpy(), pairs, pairs))
+    X, Y, _, _ = planted(n=64, p=4, q=3, seed=4)
+    h = fit_alignment(ro.AffineMap(4, 3), X, Y, epochs=2, batch_size=32, val=(X, Y), **FAST)
+    assert len(h.val_metric) == 2 and 0.0 <= h.val_metric[-1] <= 1.0
