@@ -24,6 +24,12 @@ CHECK_CHUNK_ROWS = 65536
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive epochs over the seed space
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """One pass, no n x d boolean temporary: min and max propagate NaN, and are finite iff all entries are."""
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> torch.Tensor | None:
     """The row order of ``epoch``: a permutation drawn from a generator seeded by ``(seed, epoch)``, or
     ``None`` (rows in storage order) when ``shuffle`` is false."""
@@ -77,9 +83,10 @@ class RowArray:
         else:
             if data.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"{name} must have a floating dtype, got {data.dtype}")
-            if check_finite and not bool(torch.isfinite(data).all()):
+            if check_finite and not _all_finite(data):
                 raise ValueError(f"{name} contains NaN or Inf values")
         self.data = data
+        self._fast: tuple | None = None  # (device, dtype) of preloaded features: rows() takes the short path
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -96,9 +103,12 @@ class RowArray:
             self.data = self.data.to(device=device, dtype=torch.long)
         else:
             self.data = self.data.to(device=device, dtype=dtype or self.data.dtype)
+            self._fast = (self.data.device, self.data.dtype)
 
     def rows(self, index: torch.Tensor | slice, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
         """The rows at ``index`` (an index tensor or a slice) on ``device``, features cast to ``dtype``."""
+        if self._fast is not None and isinstance(index, torch.Tensor) and self._fast == (index.device, dtype):
+            return self.data.index_select(0, index)  # preloaded on the device in the right dtype
         if self.memmap:
             sel = index if isinstance(index, slice) else index.cpu().numpy()
             t = torch.from_numpy(np.ascontiguousarray(self.data[sel]))

@@ -12,10 +12,11 @@ arXiv 2509.16664, Eq. 6; zero for hard and free maps). The mean, not the per-sam
 below the penalty's bounded slope, so a λ-orthogonal map settles at :math:`\lVert G - I\rVert_F \approx \lambda`
 (MATH.md §2).
 
-The per-step overhead is kept small: losses are accumulated on the device and read back (one
-synchronisation) every ``log_every`` steps, at checkpoints and at the end of each epoch; a NaN/Inf loss is
-located exactly from those sums (a running sum stays non-finite once it has been). Rows are gathered with
-one ``index_select`` per array (a view when not shuffled), from data moved to the device once.
+The per-step overhead is kept small: the step's loss stays on the device (no kernel, no synchronisation
+is added to the step) and the pending losses are read back together, in one synchronisation, every
+``log_every`` steps, at checkpoints and at the end of each epoch; a NaN/Inf loss is located exactly among
+them. Rows are gathered with one ``index_select`` per array (a view when not shuffled), from data moved to
+the device once.
 """
 from __future__ import annotations
 
@@ -361,7 +362,9 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ValueError(f"no complete batch: {n} rows with batch_size={B} and drop_last=True")
         fingerprint = self._fingerprint(n, world)
-        acc = torch.zeros(3, device=device, dtype=torch.float32)  # loss sum, regularizer sum, clean steps
+        # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
+        self._pending: tuple[list, list] = ([], [])
+        acc = [0.0, 0.0]  # this epoch's sums of the flushed losses and regularizers (over processes)
         early = {"best": None, "best_epoch": None, "bad": 0, "best_state": None}
         start_epoch, start_batch = 0, 0
         self.step = 0
@@ -369,7 +372,7 @@ class Trainer:
         if self.resume and os.path.exists(self.checkpoint):
             state = self._load(fingerprint)
             start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-            acc.copy_(state["acc"])
+            acc = [float(v) for v in state["acc"]]
             early = state["early"]
         order_device = arrays[0].data.device if not arrays[0].memmap else torch.device("cpu")
         step_hooks = self._hooks("on_step_end")
@@ -384,7 +387,6 @@ class Trainer:
                 order = epoch_order(n, epoch, self.seed, self.shuffle)
                 if order is not None:
                     order = order.to(order_device)
-                epoch_first_step = epoch * steps_per_epoch
                 if self.progress and rank == 0:
                     from tqdm.auto import tqdm
 
@@ -415,33 +417,32 @@ class Trainer:
                             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
                         self.optimizer.step()
                     self.step += 1
-                    acc[0] += loss.detach()
+                    self._pending[0].append(loss.detach())
                     if reg is not None:
-                        acc[1] += reg.detach()
-                    acc[2] += torch.isfinite(acc[0])
+                        self._pending[1].append(reg.detach())
                     for fn in step_hooks:
                         fn(self.step, loss.detach())
                     if pbar is not None:
                         pbar.update(1)
                     due_ckpt = ckpt_every is not None and self.step % ckpt_every == 0
                     if due_ckpt or self.step % self.log_every == 0:
-                        self._synced(acc, epoch_first_step, b + 1, pbar)
+                        self._flush(acc, b + 1, pbar)
                         if due_ckpt:
                             self._save(epoch, b + 1, acc, fingerprint, early)
                 start_batch = 0
-                sums = self._synced(acc, epoch_first_step, steps_per_epoch, pbar)
+                self._flush(acc, steps_per_epoch, pbar)
                 if pbar is not None:
                     pbar.close()
                     pbar = None
                 done = steps_per_epoch
-                logs = {"loss": sums[0] / done / world, "regularizer": sums[1] / done / world,
+                logs = {"loss": acc[0] / done / world, "regularizer": acc[1] / done / world,
                         "orthogonality_error": self.orthogonality_error()}
                 self.history.loss.append(logs["loss"])
                 self.history.regularizer.append(logs["regularizer"])
                 self.history.orthogonality_error.append(logs["orthogonality_error"])
                 self.history.epochs = epoch + 1
                 self.history.steps = self.step
-                acc.zero_()
+                acc = [0.0, 0.0]
                 if val is not None and (epoch + 1) % self.val_every == 0:
                     stopped = self._validate(epoch, val, metric_fn, early, logs)
                 self._call("on_epoch_end", epoch, logs)
@@ -465,21 +466,31 @@ class Trainer:
         fn = getattr(type(self.module), "regularizer", None)
         return callable(fn) and fn is not AlignmentMap.regularizer
 
-    def _synced(self, acc: torch.Tensor, epoch_first_step: int, steps_done: int, pbar: Any) -> list[float]:
-        """Read the running sums (one synchronisation), stop on a non-finite loss, update the bar."""
-        sums = acc.clone()
+    def _flush(self, acc: list[float], steps_done: int, pbar: Any) -> None:
+        """Read the pending per-step losses (one synchronisation, summed over processes), add them to ``acc``
+        in step order, stop on the first non-finite one, update the progress bar."""
+        losses, regs = self._pending
+        if not losses:
+            return
+        vals = torch.stack(losses)
+        if regs:
+            vals = torch.cat([vals, torch.stack(regs)])
         if is_distributed():
-            clean = sums[2:].clone()
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(clean, op=torch.distributed.ReduceOp.MIN)
-            sums[2] = clean[0]
-        loss_sum, reg_sum, clean = sums.tolist()
-        world = rank_and_world()[1]
-        if clean < steps_done:
-            self._non_finite(epoch_first_step + int(clean) + 1)
+            torch.distributed.all_reduce(vals)
+        vals = vals.tolist()
+        k = len(losses)
+        first_step = self.step - k + 1
+        for i, v in enumerate(vals[:k]):
+            if not math.isfinite(v):
+                self._pending = ([], [])
+                self._non_finite(first_step + i)
+            acc[0] += v
+        for v in vals[k:]:
+            acc[1] += v
+        self._pending = ([], [])
         if pbar is not None:
-            pbar.set_postfix(loss=f"{loss_sum / max(steps_done, 1) / world:.4g}", refresh=False)
-        return [loss_sum, reg_sum, clean]
+            world = rank_and_world()[1]
+            pbar.set_postfix(loss=f"{acc[0] / max(steps_done, 1) / world:.4g}", refresh=False)
 
     def _non_finite(self, bad_step: int) -> None:
         msg = f"training loss became NaN or Inf at step {bad_step} (epoch {self.epoch + 1}); training stopped."
