@@ -1,0 +1,552 @@
+r"""Fitting a map of the spectrum on paired features: :class:`Trainer` and :func:`fit_alignment`.
+
+Default objective of the one-map case (a map :math:`f_\theta` from source to target, weight :math:`w` = 1):
+
+.. math::
+
+    \mathcal L(\theta) = \frac{1}{n\,q}\sum_{i=1}^{n}\lVert f_\theta(x_i) - y_i\rVert^2 + w\,R(\theta),
+
+the element-wise mean squared error over a mini-batch plus the map's own ``regularizer()`` :math:`R`
+(the λ-orthogonality penalty of :class:`~relaxedortho.LambdaOrthoLinear`, Ricci et al., NeurIPS 2025,
+arXiv 2509.16664, Eq. 6; zero for hard and free maps). The mean, not the per-sample sum, keeps the data's pull
+below the penalty's bounded slope, so a λ-orthogonal map settles at :math:`\lVert G - I\rVert_F \approx \lambda`
+(MATH.md §2).
+
+The per-step overhead is kept small: the step's loss stays on the device (no kernel, no synchronisation
+is added to the step) and the pending losses are read back together, in one synchronisation, every
+``log_every`` steps, at checkpoints and at the end of each epoch; a NaN/Inf loss is located exactly among
+them. Rows are gathered with one ``index_select`` per array (a view when not shuffled), from data moved to
+the device once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .._checks import check_nonnegative, check_positive
+from .checkpoint import load_checkpoint, load_optimizer_state, mark_retracted, rng_state, save_checkpoint, set_rng_state
+from .data import RowArray, check_same_length, epoch_order
+from .distributed import is_distributed, rank_and_world, shard
+from .history import TrainHistory
+from .optimizers import make_optimizer
+from .precision import resolve_device, resolve_precision
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_validation_end", "on_epoch_end", "on_train_end")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; ``step`` names the first bad optimizer step (1-based),
+    ``history`` holds the record up to the last completed epoch."""
+
+    def __init__(self, message: str, step: int, history: TrainHistory) -> None:
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+def _positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def default_retrieval_metric(mapped: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None) -> float:
+    r"""CMC top-1 of the mapped queries against the target gallery (cosine similarity).
+
+    With ``labels`` a query is correct when its nearest gallery item has its label; without, the gallery item
+    paired with it (same row) is the only correct match. Uses :func:`relaxedortho.metrics.cmc`.
+    """
+    from .. import metrics  # imported lazily: the metrics module is optional for training
+
+    if labels is None:
+        labels = torch.arange(mapped.shape[0], device=mapped.device)
+    return float(metrics.cmc(mapped, target, labels, labels, topk=(1,))[1])
+
+
+class Trainer:
+    r"""Mini-batch trainer of one map (subclass it for other objectives) with hooks.
+
+    Trains ``module`` so that ``module(source) ≈ target`` under the objective of the module documentation.
+    :func:`fit_alignment` is ``Trainer(module, **options).fit(source, target)``.
+
+    Args:
+        module: the map (any :class:`torch.nn.Module`; the maps of relaxedortho add their ``regularizer()``
+            and report ``orthogonality_error()`` per epoch). Moved to ``device`` in place.
+        epochs: passes over the data.
+        batch_size: rows per optimizer step (the *global* batch under DDP; each process trains on its share).
+        lr: learning rate of Adam (manifold parameters get :func:`relaxedortho.riemannian_lr`; see
+            :func:`~relaxedortho.training.make_optimizer`).
+        optimizer: ``None`` (the right Adam per map), a :class:`torch.optim.Optimizer` over the module's
+            parameters, or a callable ``module -> Optimizer``.
+        loss_fn: data loss ``loss_fn(output, target) -> scalar`` (default :func:`torch.nn.functional.mse_loss`,
+            element-wise mean), computed in float32 even under mixed precision.
+        regularizer_weight: weight :math:`w` >= 0 of ``module.regularizer()`` (default 1).
+        weight_decay: Adam's L2 decay on free parameters (never on orthogonal factors; default 0).
+        device: ``"auto"`` (CUDA when present, default), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a device.
+        amp: mixed precision: ``None`` (off, default), ``"bf16"`` (CPU or CUDA), ``"fp16"`` (CUDA, with a
+            gradient scaler) or ``True`` (bf16 where supported). The regularizer stays float32.
+        clip_grad_norm: clip the global gradient norm to this value (default ``None``: no clipping).
+        shuffle, drop_last: batch order (a new permutation per epoch, from ``seed``) and whether to drop a
+            last incomplete batch.
+        seed: seeds torch's global generator at the start and the data order (default 0); ``None`` draws one.
+        progress: show a tqdm progress bar (default ``True``; rank 0 only).
+        log_every: synchronise the running loss (progress display and NaN check) every so many steps.
+        val: validation data ``(val_source, val_target)`` or ``(val_source, val_target, val_labels)``; each
+            validation records the MSE and ``metric``.
+        metric: ``metric(mapped_val_source, val_target, val_labels) -> float``, higher is better. Default
+            (``None``): :func:`default_retrieval_metric` (CMC top-1); ``False``: no metric (early stopping
+            then watches the validation MSE).
+        val_every: validate every so many epochs (default 1).
+        early_stopping: patience in validations without an improvement larger than ``min_delta``
+            (default ``None``: never stop early). ``restore_best`` (default ``True``) loads the best weights
+            at the end.
+        checkpoint: file to write checkpoints to; ``checkpoint_every``: steps between them (plus one at the
+            end). ``resume=True`` continues from ``checkpoint`` when the file exists (exactly: same final
+            weights as an uninterrupted run).
+        check_finite: scan the data for NaN/Inf before training (default ``True``).
+        preload: move tensors and in-memory arrays to the device once (default ``True``); memory maps are
+            always read lazily, a batch at a time.
+        callbacks: objects with any of the methods ``on_train_begin(trainer)``, ``on_epoch_begin(trainer,
+            epoch)``, ``on_step_end(trainer, step, loss)`` (``loss`` a device tensor: reading it synchronises),
+            ``on_validation_end(trainer, epoch, logs)``, ``on_epoch_end(trainer, epoch, logs)``,
+            ``on_train_end(trainer, history)``. Subclasses may override the same methods (without the
+            ``trainer`` argument).
+
+    Raises:
+        ValueError / TypeError: bad data (length mismatch, NaN/Inf, non-float, dimension mismatch with the
+            map) or options, before any training step.
+        NonFiniteLossError: the loss became NaN/Inf; the message names the step. A checkpoint file is never
+            overwritten with weights from after that step, and its weights are loaded back into ``module``.
+    """
+
+    #: names of the positional arrays of :meth:`fit`, for error messages
+    input_names: tuple[str, ...] = ("source", "target")
+    #: how many of them are features (the rest are integer labels)
+    num_features: int = 2
+
+    def __init__(self, module: nn.Module, *, epochs: int, batch_size: int, lr: float = 1e-3,
+                 optimizer: Any = None, loss_fn: Callable | None = None, regularizer_weight: float = 1.0,
+                 weight_decay: float = 0.0, device: Any = "auto", amp: Any = None,
+                 clip_grad_norm: float | None = None, shuffle: bool = True, drop_last: bool = False,
+                 seed: int | None = 0, progress: bool = True, log_every: int = 100,
+                 val: Sequence | None = None, metric: Callable | bool | None = None, val_every: int = 1,
+                 early_stopping: int | None = None, min_delta: float = 0.0, restore_best: bool = True,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+                 resume: bool = False, check_finite: bool = True, preload: bool = True,
+                 callbacks: Sequence[Any] = ()) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.epochs = _positive_int(epochs, "epochs")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.lr = check_positive(lr, "lr") if optimizer is None else lr
+        self.optimizer_spec = optimizer
+        self.loss_fn = loss_fn if loss_fn is not None else F.mse_loss
+        if not callable(self.loss_fn):
+            raise TypeError("loss_fn must be callable")
+        self.regularizer_weight = check_nonnegative(regularizer_weight, "regularizer_weight")
+        self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(amp, self.device)
+        self.clip_grad_norm = None if clip_grad_norm is None else check_positive(clip_grad_norm, "clip_grad_norm")
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        self.seed = seed
+        self.progress = bool(progress)
+        self.log_every = _positive_int(log_every, "log_every")
+        if val is not None and (not isinstance(val, (tuple, list)) or len(val) not in (2, 3)):
+            raise ValueError("val must be a tuple (val_source, val_target) or (val_source, val_target, val_labels)")
+        self.val = val
+        if metric is not None and metric is not False and not callable(metric):
+            raise TypeError("metric must be a callable metric(mapped, target, labels) -> float, None or False")
+        self.metric = metric
+        self.val_every = _positive_int(val_every, "val_every")
+        self.early_stopping = _positive_int(early_stopping, "early_stopping", allow_none=True)
+        if self.early_stopping is not None and val is None:
+            raise ValueError("early_stopping needs validation data: pass val=(val_source, val_target[, labels])")
+        self.min_delta = check_nonnegative(min_delta, "min_delta")
+        self.restore_best = bool(restore_best)
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
+        if (self.checkpoint_every is not None or resume) and self.checkpoint is None:
+            raise ValueError("checkpoint_every and resume need a checkpoint file: pass checkpoint=path")
+        self.resume = bool(resume)
+        self.check_finite = bool(check_finite)
+        self.preload = bool(preload)
+        self.callbacks = list(callbacks)
+        self.model: nn.Module = module  # the module, or its DistributedDataParallel wrapper
+        self.shard_scale = 1.0
+        self.history = TrainHistory()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = 0
+        self.epoch = 0
+
+    # -- what subclasses change -------------------------------------------------------------------
+    def check_dimensions(self, arrays: list[RowArray]) -> None:
+        """Raise :class:`ValueError` when the data do not fit the map's ``in_features``/``out_features``."""
+        src, tgt = arrays[0], arrays[1]
+        n_in, n_out = getattr(self.module, "in_features", None), getattr(self.module, "out_features", None)
+        if n_in is not None and src.dim != n_in:
+            raise ValueError(f"{src.name} has {src.dim} features but the map expects in_features={n_in}")
+        if n_out is not None and tgt.dim != n_out:
+            raise ValueError(f"{tgt.name} has {tgt.dim} features but the map produces out_features={n_out}")
+
+    def compute_loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """The data loss of one (local) batch, run under autocast; scale it by ``self.shard_scale``."""
+        x, y = batch[0], batch[1]
+        out = self.model(x)
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        loss = self.loss_fn(out, y)
+        return loss * self.shard_scale if self.shard_scale != 1.0 else loss
+
+    def regularizer(self) -> torch.Tensor | None:
+        """The module's regularizer (computed outside autocast), or ``None`` when it has none."""
+        return self.module.regularizer() if self._has_regularizer else None
+
+    def validation_outputs(self, arrays: list[RowArray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(mapped, target, labels)`` of the validation data for the loss and the metric."""
+        src, tgt = arrays[0], arrays[1]
+        labels = arrays[2].all_rows(self.device, None) if len(arrays) > 2 else None
+        return self._map_rows(self.module, src), tgt.all_rows(self.device, torch.float32), labels
+
+    def orthogonality_error(self) -> float:
+        """The diagnostic recorded per epoch (NaN when the module has none)."""
+        fn = getattr(self.module, "orthogonality_error", None)
+        return float(fn()) if callable(fn) else math.nan
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _map_rows(self, module: nn.Module, rows: RowArray) -> torch.Tensor:
+        chunk = max(4 * self.batch_size, 1024)
+        outs = []
+        with torch.no_grad(), self.precision.autocast():
+            for lo in range(0, len(rows), chunk):
+                outs.append(module(rows.rows(slice(lo, lo + chunk), self.device, self._dtype)).float())
+        return torch.cat(outs)
+
+    def _hooks(self, name: str) -> list[Callable]:
+        fns = []
+        own = getattr(type(self), name, None)
+        if own is not None and own is not getattr(Trainer, name, None):
+            fns.append(getattr(self, name))
+        fns += [(lambda *a, _f=getattr(cb, name): _f(self, *a)) for cb in self.callbacks if hasattr(cb, name)]
+        return fns
+
+    def _call(self, name: str, *args: Any) -> None:
+        for fn in self._hooks(name):
+            fn(*args)
+
+    # default no-op hooks (overridable)
+    def on_train_begin(self) -> None: ...
+    def on_epoch_begin(self, epoch: int) -> None: ...
+    def on_step_end(self, step: int, loss: torch.Tensor) -> None: ...
+    def on_validation_end(self, epoch: int, logs: dict) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
+    def on_train_end(self, history: TrainHistory) -> None: ...
+
+    def _prepare(self, data: Sequence[Any]) -> tuple[list[RowArray], list[RowArray] | None]:
+        if len(data) != len(self.input_names) and len(data) != self.num_features:
+            raise TypeError(f"fit() takes {', '.join(self.input_names)}; got {len(data)} arrays")
+        arrays = [RowArray(x, name, labels=i >= self.num_features, check_finite=self.check_finite)
+                  for i, (x, name) in enumerate(zip(data, self.input_names))]
+        check_same_length(arrays)
+        self.check_dimensions(arrays)
+        val = None
+        if self.val is not None:
+            names = [f"val[{i}] ({n})" for i, n in enumerate(self.val_names)]
+            val = [RowArray(x, name, labels=i >= 2, check_finite=self.check_finite)
+                   for i, (x, name) in enumerate(zip(self.val, names))]
+            check_same_length(val)
+            self.check_dimensions(val)
+        return arrays, val
+
+    val_names: tuple[str, ...] = ("val_source", "val_target", "val_labels")
+
+    def _metric_fn(self) -> Callable | None:
+        if self.metric is False or self.val is None:
+            return None
+        if self.metric is None:
+            try:
+                from .. import metrics  # noqa: F401
+            except ImportError as exc:  # pragma: no cover - present once the metrics module is merged
+                raise ImportError("the default validation metric needs relaxedortho.metrics; pass metric=callable "
+                                  "or metric=False") from exc
+            return default_retrieval_metric
+        return self.metric
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        spec = self.optimizer_spec
+        if spec is None:
+            return make_optimizer(self.module, self.lr, weight_decay=self.weight_decay)
+        if isinstance(spec, torch.optim.Optimizer):
+            return spec
+        opt = spec(self.module)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError("optimizer callable must return a torch.optim.Optimizer")
+        return opt
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _fingerprint(self, n: int, world: int) -> dict:
+        return {"n": n, "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
+                "drop_last": self.drop_last, "world_size": world}
+
+    def _save(self, epoch: int, batch: int, acc: torch.Tensor, fingerprint: dict, early: dict) -> None:
+        rank, _ = rank_and_world()
+        if rank == 0:
+            save_checkpoint({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                             "rng": rng_state(), "epoch": epoch, "batch": batch, "step": self.step,
+                             "acc": acc, "history": self.history.to_dict(), "fingerprint": fingerprint,
+                             "early": early}, self.checkpoint)
+        if is_distributed():
+            torch.distributed.barrier()
+        self._last_good_step = self.step
+
+    def _load(self, fingerprint: dict) -> dict:
+        state = load_checkpoint(self.checkpoint, map_location=self.device)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"checkpoint {self.checkpoint} was written by a run with other settings "
+                             f"({state['fingerprint']}) than this one ({fingerprint}); cannot resume exactly")
+        self.module.load_state_dict(state["module"])
+        mark_retracted(self.module)
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.history = TrainHistory.from_dict(state["history"])
+        self.step = int(state["step"])
+        self._last_good_step = self.step
+        return state
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, *data: Any) -> TrainHistory:
+        """Train on the paired arrays (see :attr:`input_names`) and return the :class:`TrainHistory`."""
+        arrays, val = self._prepare(data)
+        metric_fn = self._metric_fn()
+        n = len(arrays[0])
+        rank, world = rank_and_world()
+        if world > 1 and self.batch_size < world:
+            raise ValueError(f"batch_size ({self.batch_size}) must be at least the number of processes ({world})")
+        device = self.device
+        self.module.to(device)
+        params = [p for p in self.module.parameters()]
+        self._dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+        self._has_regularizer = self._module_has_regularizer()
+        if self.seed is None:
+            self.seed = int(torch.randint(0, 2 ** 62, (1,)))
+        torch.manual_seed(self.seed)
+        if self.preload:
+            for a in arrays:
+                a.preload(device, self._dtype)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda"
+                                                 else None)
+        else:
+            self.model = self.module
+        self.optimizer = self._make_optimizer()
+        self.scaler = self.precision.grad_scaler()
+        B = self.batch_size
+        steps_per_epoch = n // B if self.drop_last else math.ceil(n / B)
+        if world > 1 and n % B and n % B < world:
+            steps_per_epoch = n // B  # a last batch too small to give every process a row is dropped
+        if steps_per_epoch == 0:
+            raise ValueError(f"no complete batch: {n} rows with batch_size={B} and drop_last=True")
+        fingerprint = self._fingerprint(n, world)
+        # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
+        self._pending: tuple[list, list] = ([], [])
+        acc = [0.0, 0.0]  # this epoch's sums of the flushed losses and regularizers (over processes)
+        early = {"best": None, "best_epoch": None, "bad": 0, "best_state": None}
+        start_epoch, start_batch = 0, 0
+        self.step = 0
+        self._last_good_step = None
+        if self.resume and os.path.exists(self.checkpoint):
+            state = self._load(fingerprint)
+            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+            acc = [float(v) for v in state["acc"]]
+            early = state["early"]
+        order_device = arrays[0].data.device if not arrays[0].memmap else torch.device("cpu")
+        step_hooks = self._hooks("on_step_end")
+        ckpt_every = self.checkpoint_every
+        pbar = None
+        stopped = False
+        self._call("on_train_begin")
+        try:
+            for epoch in range(start_epoch, self.epochs):
+                self.epoch = epoch
+                self._call("on_epoch_begin", epoch)
+                order = epoch_order(n, epoch, self.seed, self.shuffle)
+                if order is not None:
+                    order = order.to(order_device)
+                if self.progress and rank == 0:
+                    from tqdm.auto import tqdm
+
+                    pbar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{self.epochs}",
+                                leave=False, dynamic_ncols=True)
+                self.model.train()
+                for b in range(start_batch, steps_per_epoch):
+                    lo, hi = b * B, min(n, (b + 1) * B)
+                    index, n_local = shard(order[lo:hi] if order is not None else slice(lo, hi), rank, world)
+                    self.shard_scale = n_local * world / (hi - lo)
+                    batch = [a.rows(index, device, self._dtype) for a in arrays]
+                    self.optimizer.zero_grad(set_to_none=True)
+                    with self.precision.autocast():
+                        loss = self.compute_loss(batch)
+                    reg = self.regularizer()
+                    if reg is not None:
+                        loss = loss + (reg if self.regularizer_weight == 1.0 else self.regularizer_weight * reg)
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                        if self.clip_grad_norm is not None:
+                            self.scaler.unscale_(self.optimizer)
+                            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        loss.backward()
+                        if self.clip_grad_norm is not None:
+                            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+                        self.optimizer.step()
+                    self.step += 1
+                    self._pending[0].append(loss.detach())
+                    if reg is not None:
+                        self._pending[1].append(reg.detach())
+                    for fn in step_hooks:
+                        fn(self.step, loss.detach())
+                    if pbar is not None:
+                        pbar.update(1)
+                    due_ckpt = ckpt_every is not None and self.step % ckpt_every == 0
+                    if due_ckpt or self.step % self.log_every == 0:
+                        self._flush(acc, b + 1, pbar)
+                        if due_ckpt:
+                            self._save(epoch, b + 1, acc, fingerprint, early)
+                start_batch = 0
+                self._flush(acc, steps_per_epoch, pbar)
+                if pbar is not None:
+                    pbar.close()
+                    pbar = None
+                done = steps_per_epoch
+                logs = {"loss": acc[0] / done / world, "regularizer": acc[1] / done / world,
+                        "orthogonality_error": self.orthogonality_error()}
+                self.history.loss.append(logs["loss"])
+                self.history.regularizer.append(logs["regularizer"])
+                self.history.orthogonality_error.append(logs["orthogonality_error"])
+                self.history.epochs = epoch + 1
+                self.history.steps = self.step
+                acc = [0.0, 0.0]
+                if val is not None and (epoch + 1) % self.val_every == 0:
+                    stopped = self._validate(epoch, val, metric_fn, early, logs)
+                self._call("on_epoch_end", epoch, logs)
+                if stopped:
+                    self.history.stopped_early = True
+                    break
+        finally:
+            if pbar is not None:
+                pbar.close()
+        if val is not None and early["best_state"] is not None and self.restore_best and self.early_stopping:
+            self.module.load_state_dict(early["best_state"])
+            mark_retracted(self.module)
+        if self.checkpoint is not None:
+            self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
+        self._call("on_train_end", self.history)
+        return self.history
+
+    def _module_has_regularizer(self) -> bool:
+        from ..maps.base import AlignmentMap
+
+        fn = getattr(type(self.module), "regularizer", None)
+        return callable(fn) and fn is not AlignmentMap.regularizer
+
+    def _flush(self, acc: list[float], steps_done: int, pbar: Any) -> None:
+        """Read the pending per-step losses (one synchronisation, summed over processes), add them to ``acc``
+        in step order, stop on the first non-finite one, update the progress bar."""
+        losses, regs = self._pending
+        if not losses:
+            return
+        vals = torch.stack(losses)
+        if regs:
+            vals = torch.cat([vals, torch.stack(regs)])
+        if is_distributed():
+            torch.distributed.all_reduce(vals)
+        vals = vals.tolist()
+        k = len(losses)
+        first_step = self.step - k + 1
+        for i, v in enumerate(vals[:k]):
+            if not math.isfinite(v):
+                self._pending = ([], [])
+                self._non_finite(first_step + i)
+            acc[0] += v
+        for v in vals[k:]:
+            acc[1] += v
+        self._pending = ([], [])
+        if pbar is not None:
+            world = rank_and_world()[1]
+            pbar.set_postfix(loss=f"{acc[0] / max(steps_done, 1) / world:.4g}", refresh=False)
+
+    def _non_finite(self, bad_step: int) -> None:
+        msg = f"training loss became NaN or Inf at step {bad_step} (epoch {self.epoch + 1}); training stopped."
+        if self._last_good_step is not None:
+            state = load_checkpoint(self.checkpoint, map_location=self.device)
+            self.module.load_state_dict(state["module"])
+            mark_retracted(self.module)
+            msg += (f" The last good checkpoint {self.checkpoint} (step {self._last_good_step}) is kept and its "
+                    f"weights were loaded back into the module.")
+        else:
+            msg += " No checkpoint was written before it (pass checkpoint= and checkpoint_every= to keep one)."
+        msg += " Try a smaller lr, clip_grad_norm=..., or check the data scale."
+        raise NonFiniteLossError(msg, bad_step, self.history)
+
+    def _validate(self, epoch: int, val: list[RowArray], metric_fn: Callable | None, early: dict,
+                  logs: dict) -> bool:
+        self.model.eval()
+        mapped, target, labels = self.validation_outputs(val)
+        val_loss = float(F.mse_loss(mapped, target))
+        score = float(metric_fn(mapped, target, labels)) if metric_fn is not None else math.nan
+        self.model.train()
+        self.history.val_loss.append(val_loss)
+        self.history.val_metric.append(score)
+        logs.update(val_loss=val_loss, val_metric=score)
+        self._call("on_validation_end", epoch, logs)
+        watched = score if metric_fn is not None else -val_loss
+        if early["best"] is None or watched > early["best"] + self.min_delta:
+            early.update(best=watched, best_epoch=epoch, best_score=score, bad=0)
+            if self.early_stopping is not None and self.restore_best:
+                early["best_state"] = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        else:
+            early["bad"] += 1
+        self.history.best_epoch = early["best_epoch"]
+        self.history.best_metric = early.get("best_score")
+        return self.early_stopping is not None and early["bad"] >= self.early_stopping
+
+
+def fit_alignment(module: nn.Module, source: Any, target: Any, *, epochs: int, batch_size: int, lr: float = 1e-3,
+                  **options: Any) -> TrainHistory:
+    r"""Train ``module`` so that ``module(source) ≈ target``; return the :class:`TrainHistory`.
+
+    Minimises the element-wise mean squared error plus ``module.regularizer()`` (weight 1) by mini-batch
+    Adam — Riemannian Adam for geoopt manifold parameters (:class:`~relaxedortho.StiefelLinear`), no weight
+    decay on orthogonal factors. ``source`` (``n x in_features``) and ``target`` (``n x out_features``) may be
+    tensors, NumPy arrays or memory maps. All options of :class:`Trainer` apply (device, ``amp``,
+    ``clip_grad_norm``, ``val``/``metric``/``early_stopping``, ``checkpoint``/``checkpoint_every``/``resume``,
+    ``seed``, ``progress``, ...). Under :mod:`torch.distributed` (more than one process) it trains with
+    DistributedDataParallel, each process on its share of every global batch.
+
+    Example:
+        >>> import torch, relaxedortho as ro
+        >>> torch.manual_seed(0) and None
+        >>> x = torch.randn(256, 4); y = x @ torch.tensor([[2.0, 0, 0, 0]] * 3).T
+        >>> m = ro.AffineMap(4, 3)
+        >>> h = fit_alignment(m, x, y, epochs=40, batch_size=64, lr=0.05, progress=False)
+        >>> h.loss[-1] < 1e-3
+        True
+    """
+    return Trainer(module, epochs=epochs, batch_size=batch_size, lr=lr, **options).fit(source, target)
