@@ -31,6 +31,8 @@ from torch import nn
 
 from ._checks import check_choice, check_positive
 
+from .training.distributed import gather_with_grad  # noqa: E402  (re-exported: one implementation)
+
 __all__ = ["backward_loss", "forward_loss", "supervised_contrastive", "influence_loss", "gather_with_grad"]
 
 _REDUCTIONS = ("mean", "sample_mean", "sum")
@@ -79,49 +81,6 @@ def forward_loss(mapped_old: torch.Tensor, mapped_new: torch.Tensor, reduction: 
     """
     target = mapped_new.detach() if detach_target else mapped_new
     return _squared_error(mapped_old, target, reduction, ("mapped_old", "mapped_new"))
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward sums the incoming gradient over processes and returns the local slice."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-        world, rank = dist.get_world_size(), dist.get_rank()
-        ctx.rank, ctx.n = rank, tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(world)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, 0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    r"""Concatenate ``t`` (first dimension) over all processes, keeping the autograd graph.
-
-    A no-op when :mod:`torch.distributed` is unavailable, not initialised, or has one process. Every process
-    must pass the same shape. Backward: the gradient of the concatenation is summed over processes and each
-    process receives its own slice; with every process computing the same global-batch loss, DDP's averaging
-    of parameter gradients then gives exactly the single-process gradient of that loss. Tensors without
-    gradient (labels) are gathered plainly.
-
-    >>> import torch
-    >>> gather_with_grad(torch.ones(2)).tolist()   # not distributed: unchanged
-    [1.0, 1.0]
-    """
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    if t.requires_grad:
-        return _GatherWithGrad.apply(t)
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, 0)
 
 
 def _directional_ce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
