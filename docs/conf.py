@@ -1,0 +1,98 @@
+"""Sphinx configuration for the relaxedortho documentation.
+
+Build (warnings are errors; the notebooks under ``notebooks/`` are executed):
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+Offline by design: no intersphinx (its inventories live on the web); links to PyTorch, NumPy, SciPy and
+geoopt go through :mod:`sphinx.ext.extlinks` roles (``:torch:`...```, ``:numpy:``, ``:scipy:``, ``:geoopt:``).
+MathJax is a script URL in the HTML pages, so building needs no network either.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+# Document (and execute the notebooks against) this checkout, not another installed copy.
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+# Notebook kernels inherit the environment: keep them on one thread each and quiet.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+import relaxedortho  # noqa: E402  (after the path set-up)
+
+# -- project -------------------------------------------------------------------------------------
+project = "relaxedortho"
+author = "The relaxedortho developers"
+copyright = "2026, The relaxedortho developers"
+release = relaxedortho.__version__
+version = ".".join(release.split(".")[:2])
+
+# -- extensions ----------------------------------------------------------------------------------
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.extlinks",
+    "sphinx.ext.viewcode",
+    "myst_nb",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+root_doc = "index"
+exclude_patterns = [
+    "_build",
+    "jupyter_execute",
+    "**.ipynb_checkpoints",
+    "notebooks/drafts",  # drafts against modules not merged yet; never executed
+    "notebooks/README.md",
+    "api_pending.rst.txt",
+]
+templates_path: list[str] = []
+nitpicky = False
+
+# -- autodoc / napoleon ----------------------------------------------------------------------------
+autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource"}
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False  # do not pull torch.nn.Module's docstrings into our pages
+autoclass_content = "class"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_preprocess_types = False
+
+# -- links to other projects' documentation (offline replacement for intersphinx) -----------------
+extlinks = {
+    "torch": ("https://docs.pytorch.org/docs/stable/%s", "%s"),
+    "numpy": ("https://numpy.org/doc/stable/reference/%s", "%s"),
+    "scipy": ("https://docs.scipy.org/doc/scipy/reference/%s", "%s"),
+    "sklearn": ("https://scikit-learn.org/stable/%s", "%s"),
+    "geoopt": ("https://geoopt.readthedocs.io/en/latest/%s", "%s"),
+    "hypothesis": ("https://hypothesis.readthedocs.io/en/latest/%s", "%s"),
+    "arxiv": ("https://arxiv.org/abs/%s", "arXiv:%s"),
+    "doi": ("https://doi.org/%s", "doi:%s"),
+}
+
+# -- MyST / myst-nb --------------------------------------------------------------------------------
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+nb_execution_mode = "cache"  # executed at build time (a fresh clone has an empty cache: all run)
+nb_execution_timeout = 180
+nb_execution_raise_on_error = True  # a failing cell fails the build
+nb_execution_show_tb = True
+nb_execution_excludepatterns = ["notebooks/drafts/*"]
+nb_merge_streams = True
+nb_kernel_rgx_aliases = {".*": "python3"}
+
+# -- HTML ------------------------------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"relaxedortho {release}"
+html_static_path: list[str] = []
+html_theme_options = {"navigation_with_keys": True}
