@@ -55,10 +55,10 @@ class LambdaOrthoLinear(AffineMap):
     Example:
         >>> import torch, relaxedortho as ro
         >>> m = ro.LambdaOrthoLinear(8, 8, lam=0.5, init="identity")
-        >>> float(m.regularizer())
+        >>> float(m.regularizer().detach())
         0.0
         >>> with torch.no_grad():
-        ...     m.weight.mul_(2.0)
+        ...     _ = m.weight.mul_(2.0)
         >>> round(m.orthogonality_error(), 4)  # ||4 I - I||_F = 3 * sqrt(8)
         8.4853
     """
