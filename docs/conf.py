@@ -96,3 +96,77 @@ html_theme = "furo"
 html_title = f"relaxedortho {release}"
 html_static_path: list[str] = []
 html_theme_options = {"navigation_with_keys": True}
+
+
+# -- offline cross-references to other projects --------------------------------------------------
+# intersphinx would download objects.inv files; instead, unresolved Python references to PyTorch, NumPy,
+# SciPy, geoopt and the standard library become plain links built from each project's URL scheme, and
+# references to our own objects under another import path (``relaxedortho.maps.AlignmentMap``, a bare
+# ``riemannian_lr`` in a docstring) are retried under the public name.
+TORCH_DOCS = "https://docs.pytorch.org/docs/stable/"
+EXTERNAL_PAGES = {
+    "torch.Tensor": TORCH_DOCS + "tensors.html#torch.Tensor",
+    "torch.dtype": TORCH_DOCS + "tensor_attributes.html#torch.dtype",
+    "torch.device": TORCH_DOCS + "tensor_attributes.html#torch.device",
+    "torch._C.Generator": TORCH_DOCS + "generated/torch.Generator.html",
+    "torch.nn.modules.module.Module": TORCH_DOCS + "generated/torch.nn.Module.html",
+    "torch.nn.modules.linear.Linear": TORCH_DOCS + "generated/torch.nn.Linear.html",
+    "os.PathLike": "https://docs.python.org/3/library/os.html#os.PathLike",
+    "geoopt.Stiefel": "https://geoopt.readthedocs.io/en/latest/manifolds.html#geoopt.manifolds.Stiefel",
+    "geoopt.ManifoldParameter": "https://geoopt.readthedocs.io/en/latest/tensors.html#geoopt.tensor.ManifoldParameter",
+}
+EXTERNAL_PREFIXES = {
+    "torch.": TORCH_DOCS + "generated/{name}.html",
+    "numpy.": "https://numpy.org/doc/stable/reference/generated/{name}.html",
+    "scipy.": "https://docs.scipy.org/doc/scipy/reference/generated/{name}.html",
+    "geoopt.optim.": "https://geoopt.readthedocs.io/en/latest/optimizers.html#{name}",
+    "geoopt.": "https://geoopt.readthedocs.io/en/latest/",
+}
+
+
+def _external_url(target: str) -> str | None:
+    if target in EXTERNAL_PAGES:
+        return EXTERNAL_PAGES[target]
+    for prefix, pattern in EXTERNAL_PREFIXES.items():
+        if target.startswith(prefix):
+            return pattern.format(name=target)
+    return None
+
+
+def _our_object(env, target: str):
+    """The one documented object of ours that ``target`` names under another import path, or None.
+
+    ``relaxedortho.maps.AlignmentMap`` -> ``relaxedortho.AlignmentMap``; ``relaxedortho.fit_closed_form`` ->
+    ``relaxedortho.closed_form.fit_closed_form``; a bare ``riemannian_lr`` -> ``relaxedortho.riemannian_lr``.
+    Ambiguous names (several objects end with it) stay unresolved, silently (``nitpicky`` is off).
+    """
+    objects = env.get_domain("py").objects
+    name = target.removeprefix("relaxedortho.maps.").removeprefix("relaxedortho.")
+    exact = [f"relaxedortho.{name}", f"relaxedortho.maps.{name}"]
+    found = [c for c in exact if c in objects and c != target]
+    if not found:
+        found = [full for full in objects if full.startswith("relaxedortho.") and full.endswith("." + name)]
+    return (found[0], objects[found[0]]) if len(found) == 1 else None
+
+
+def _resolve_missing(app, env, node, contnode):
+    from docutils import nodes
+    from sphinx.util.nodes import make_refnode
+
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    url = _external_url(target)
+    if url is not None:
+        ref = nodes.reference("", "", internal=False, refuri=url, reftitle=target)
+        ref.append(contnode)
+        return ref
+    hit = _our_object(env, target)
+    if hit is None:
+        return None
+    fullname, entry = hit
+    return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, fullname)
+
+
+def setup(app):
+    app.connect("missing-reference", _resolve_missing)
