@@ -58,7 +58,7 @@ nitpicky = False
 
 # -- autodoc / napoleon ----------------------------------------------------------------------------
 autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource"}
-autodoc_typehints = "description"
+autodoc_typehints = "signature"  # "description" would merge the class-level `bias: Tensor | None` into the constructor's parameters
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_inherit_docstrings = False  # do not pull torch.nn.Module's docstrings into our pages
