@@ -3,17 +3,34 @@ r"""Orthogonality penalties usable on any weight matrix.
 All functions take a 2-D weight ``A`` (``out x in``, the :class:`torch.nn.Linear` convention) and work with
 its *small Gram* :math:`G` (see :func:`relaxedortho.linalg.small_gram`); ``D = G - I``.
 
-================================  =====================================================  ==========================
-name                              value                                                  source
-================================  =====================================================  ==========================
-:func:`lambda_orthogonality`      :math:`\sigma(\alpha(\lVert D\rVert_F-\lambda))\,\lVert D\rVert_F`  Ricci et al. 2025, Eq. 6
-:func:`frobenius_deviation`       :math:`\lVert D\rVert_F` (unsquared soft orthogonality)  Ricci et al. 2025, Eq. 3
-:func:`so_penalty`                :math:`\lVert D\rVert_F^2`                             Bansal et al. 2018 (SO)
-:func:`dso_penalty`               :math:`\lVert A^\top A-I\rVert_F^2+\lVert AA^\top-I\rVert_F^2`  Bansal et al. 2018 (DSO)
-:func:`mc_penalty`                :math:`\max_{ij} |D_{ij}|`                             Bansal et al. 2018 (MC)
-:func:`srip_penalty`              :math:`\sigma_{\max}(D)` by power iteration            Bansal et al. 2018 (SRIP)
-:func:`randomized_deviation`      :math:`\sqrt{\tfrac1k\sum_i \lVert D v_i\rVert^2}`, :math:`v_i\sim\mathcal N(0,I)`  Hutchinson-type estimate
-================================  =====================================================  ==========================
+.. list-table::
+   :header-rows: 1
+   :widths: 25 50 25
+
+   * - name
+     - value
+     - source
+   * - :func:`lambda_orthogonality`
+     - :math:`\sigma(\alpha(\lVert D\rVert_F-\lambda))\,\lVert D\rVert_F`
+     - Ricci et al. 2025, Eq. 6
+   * - :func:`frobenius_deviation`
+     - :math:`\lVert D\rVert_F` (unsquared soft orthogonality)
+     - Ricci et al. 2025, Eq. 3
+   * - :func:`so_penalty`
+     - :math:`\lVert D\rVert_F^2`
+     - Bansal et al. 2018 (SO)
+   * - :func:`dso_penalty`
+     - :math:`\lVert A^\top A-I\rVert_F^2+\lVert AA^\top-I\rVert_F^2`
+     - Bansal et al. 2018 (DSO)
+   * - :func:`mc_penalty`
+     - :math:`\max_{ij} |D_{ij}|`
+     - Bansal et al. 2018 (MC)
+   * - :func:`srip_penalty`
+     - :math:`\sigma_{\max}(D)` by power iteration
+     - Bansal et al. 2018 (SRIP)
+   * - :func:`randomized_deviation`
+     - :math:`\sqrt{\tfrac1k\sum_i \lVert D v_i\rVert^2}`, :math:`v_i\sim\mathcal N(0,I)`
+     - Hutchinson-type estimate
 
 The penalties are evaluated in at least float32, also under autocast (MATH.md §2).
 """

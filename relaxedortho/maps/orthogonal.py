@@ -3,16 +3,26 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
 :class:`OrthogonalLinear` keeps ``A`` (``out x in``) with orthonormal columns (square/expanding) or rows
 (compressing) by one of four methods:
 
-=================  ==============================================  =================================
-method             how                                             cost per training step
-=================  ==============================================  =================================
-``"retraction"``   plain parameter; after each optimizer step a    two Newton–Schulz iterations
-                   tangent-projected update is re-projected by     (:math:`4 n k^2` flops each) plus
-                   Newton–Schulz (the fast default)                one tangent projection
-``"cayley"``       :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map   ~3 n³, n×n solve
-``"matrix_exp"``   same, matrix exponential of a skew matrix       ~10–20 n³ (+ slow backward)
-``"householder"``  same, product of Householder reflectors         sequential
-=================  ==============================================  =================================
+.. list-table::
+   :header-rows: 1
+   :widths: 16 50 34
+
+   * - method
+     - how
+     - cost per training step
+   * - ``"retraction"``
+     - plain parameter; after each optimizer step a tangent-projected update is re-projected by
+       Newton–Schulz (the fast default)
+     - two Newton–Schulz iterations (:math:`4 n k^2` flops each) plus one tangent projection
+   * - ``"cayley"``
+     - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
+     - ~3 n³, n×n solve
+   * - ``"matrix_exp"``
+     - same, matrix exponential of a skew matrix
+     - ~10–20 n³ (+ slow backward)
+   * - ``"householder"``
+     - same, product of Householder reflectors
+     - sequential
 
 ``group="SO"`` (square maps only) keeps :math:`\det A = +1` (rotations); the default ``"O"`` admits
 reflections, which also preserve every inner product and are what embedding alignment usually wants
