@@ -31,7 +31,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from scipy.optimize import brentq
 
 from .._checks import check_choice, check_nonnegative
 from .solution import ClosedFormSolution
@@ -59,33 +61,44 @@ def band_from_epsilon(epsilon: float) -> tuple[float, float]:
     return math.sqrt(max(0.0, 1.0 - eps)), math.sqrt(1.0 + eps)
 
 
+def _cubic_roots(sigma: np.ndarray, c: float, mu: float) -> np.ndarray:
+    """Positive roots of 2 mu s^3 + (c - 2 mu) s - sigma = 0 (NumPy float64, mu finite > 0)."""
+    s = np.maximum(1.0, sigma / c if c > 0 else sigma)
+    for _ in range(200):
+        f = 2 * mu * s ** 3 + (c - 2 * mu) * s - sigma
+        df = 6 * mu * s ** 2 + (c - 2 * mu)
+        step = np.where(df > 0, f / np.where(df > 0, df, 1.0), 0.0)
+        s_new = np.maximum(s - step, 0.0)
+        done = np.all(np.abs(s - s_new) <= 4 * np.finfo(np.float64).eps * np.maximum(np.abs(s), 1e-300))
+        s = s_new
+        if done:
+            break
+    return s
+
+
 def penalty_singular_values(sigma: torch.Tensor, c: float, mu: float) -> torch.Tensor:
     r"""Minimiser over :math:`s \ge 0` of :math:`c s^2 - 2\sigma s + \mu (s^2 - 1)^2`, elementwise: the unique
     positive root of :math:`2\mu s^3 + (c - 2\mu)s - \sigma = 0` (``sigma`` ≥ 0, ``c`` ≥ 0, ``mu`` ≥ 0).
 
     The cubic is convex on :math:`s > 0`, negative at 0 and positive at :math:`\max(1, \sigma/c)`, so Newton's
-    method from that right end decreases monotonically to the root (float64).
+    method from that right end decreases monotonically to the root (float64; the short vector is solved on
+    the CPU).
     """
     if mu == math.inf:
         return torch.ones_like(sigma)
     if mu == 0:
         return sigma / c if c > 0 else torch.zeros_like(sigma)
-    s = torch.maximum(torch.ones_like(sigma), sigma / c if c > 0 else sigma)
-    for _ in range(200):
-        f = 2 * mu * s ** 3 + (c - 2 * mu) * s - sigma
-        df = 6 * mu * s ** 2 + (c - 2 * mu)
-        step = torch.where(df > 0, f / df.clamp_min(1e-300), torch.zeros_like(s))
-        s_new = torch.maximum(s - step, torch.zeros_like(s))
-        if bool(((s - s_new).abs() <= 4 * torch.finfo(s.dtype).eps * s.abs().clamp_min(1e-300)).all()):
-            s = s_new
-            break
-        s = s_new
-    return s
+    z = sigma.detach().to("cpu", torch.float64).numpy()
+    return torch.from_numpy(_cubic_roots(z, float(c), float(mu))).to(sigma.device, sigma.dtype)
+
+
+def _deviation(s: np.ndarray) -> float:
+    return float(np.sqrt(((s ** 2 - 1) ** 2).sum()))
 
 
 def frobenius_deviation_of(s: torch.Tensor) -> float:
     r""":math:`\lVert G - I\rVert_F = \sqrt{\sum_i (s_i^2 - 1)^2}` for singular values ``s``."""
-    return float(torch.sqrt(((s ** 2 - 1) ** 2).sum()))
+    return float(torch.sqrt(((s.double() ** 2 - 1) ** 2).sum()))
 
 
 def frobenius_singular_values(z: torch.Tensor, radius: float) -> torch.Tensor:
@@ -93,27 +106,25 @@ def frobenius_singular_values(z: torch.Tensor, radius: float) -> torch.Tensor:
 
     Inside the ball it returns ``z``; otherwise the KKT conditions give :math:`s_i` = the positive root of
     :math:`2\nu s^3 + (1 - 2\nu)s - z_i = 0` (:func:`penalty_singular_values` with c = 1) for one multiplier
-    :math:`\nu > 0`, found by bisection so that :math:`\sum (s_i^2 - 1)^2 = r^2` (the deviation decreases
-    monotonically in ν). The result is feasible (the bisection keeps the feasible end).
+    :math:`\nu > 0`; the deviation decreases monotonically in ν, and ν is found by bracketing and Brent's
+    bisection-secant method (:func:`scipy.optimize.brentq`) so that :math:`\sum (s_i^2 - 1)^2 = r^2` to rounding.
     """
     if radius == math.inf or frobenius_deviation_of(z) <= radius:
         return z.clone()
     if radius == 0:
         return torch.ones_like(z)
+    zz = z.detach().to("cpu", torch.float64).numpy()
+
+    def excess(nu: float) -> float:
+        return _deviation(_cubic_roots(zz, 1.0, nu)) - radius
+
     lo, hi = 0.0, 1.0
-    while frobenius_deviation_of(penalty_singular_values(z, 1.0, hi)) > radius:
+    while excess(hi) > 0:
         lo, hi = hi, hi * 4
         if hi > 1e300:  # pragma: no cover - the deviation tends to 0
             break
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if frobenius_deviation_of(penalty_singular_values(z, 1.0, mid)) > radius:
-            lo = mid
-        else:
-            hi = mid
-    return penalty_singular_values(z, 1.0, hi)
+    nu = brentq(excess, lo, hi, xtol=1e-300, rtol=4 * np.finfo(np.float64).eps, maxiter=500)
+    return torch.from_numpy(_cubic_roots(zz, 1.0, nu)).to(z.device, z.dtype)
 
 
 def _svd_map(M: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
