@@ -79,6 +79,18 @@ def test_memmap_and_npy_mmap(tmp_path):
         torch.testing.assert_close(m.bias, ref.bias, atol=1e-10, rtol=0)
 
 
+def test_means_false_fast_path():
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((300, 4)), rng.standard_normal((300, 3))
+    m = accumulate_moments(X, Y, second_moments=(), means=False, chunk_size=50)
+    np.testing.assert_allclose(m.cross().numpy(), X.T @ Y, atol=1e-12)
+    with pytest.raises(RuntimeError, match="means=False"):
+        m.mean_x()
+    m2 = accumulate_moments(X + 50.0, Y, second_moments=(), means=False, chunk_size=50)
+    assert m2.info["shifted"] == (True, False)
+    np.testing.assert_allclose(m2.cross().numpy(), (X + 50.0).T @ Y, rtol=1e-12, atol=1e-9)
+
+
 def test_float32_fast_path_accuracy():
     """float32 chunk GEMMs summed in float64: the answer is as good as a float64 fit of the same float32 data."""
     rng = np.random.default_rng(1)
@@ -113,11 +125,16 @@ def test_stream_errors_name_the_chunk():
     x[0, 0] = np.nan
     bad = list(good)
     bad[1] = (x, good[1][1])
-    with pytest.raises(ValueError, match=r"X \(chunk 1\) contains NaN or Inf"):
-        fit_closed_form(bad)
-    bad[1] = (good[1][0], np.full((5, 2), np.inf))
-    with pytest.raises(ValueError, match=r"Y \(chunk 1\) contains NaN or Inf"):
-        fit_closed_form(bad)
+    for kind in ("orthogonal", "affine"):  # without and with column sums
+        bad[1] = (x, good[1][1])
+        with pytest.raises(ValueError, match=r"X \(chunk 1\) contains NaN or Inf"):
+            fit_closed_form(bad, kind=kind)
+        bad[1] = (good[1][0], np.full((5, 2), np.inf))
+        with pytest.raises(ValueError, match=r"Y \(chunk 1\) contains NaN or Inf"):
+            fit_closed_form(bad, kind=kind)
+        big = [(c[0] + 100.0, c[1]) for c in bad]  # shifted accumulation path
+        with pytest.raises(ValueError, match=r"Y \(chunk 1\) contains NaN or Inf"):
+            fit_closed_form(big, kind=kind)
     bad[1] = (good[1][0].astype(np.int64), good[1][1])
     with pytest.raises(TypeError, match=r"X \(chunk 1\) must hold floating"):
         fit_closed_form(bad)

@@ -126,6 +126,7 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         name_l = "lower" if "lower" in options else "a"
         name_u = "upper" if "upper" in options else "b"
         raise ValueError(f"the band needs {name_l} <= {name_u}, got {name_l}={lower!r} > {name_u}={upper!r}")
-    moments = accumulate_moments(X, Y, second_moments=_KINDS[kind][1], chunk_size=chunk_size, precision=precision,
-                                 device=device)
+    means = _KINDS[kind][2] or bool(options.get("center", False))
+    moments = accumulate_moments(X, Y, second_moments=_KINDS[kind][1], means=means, chunk_size=chunk_size,
+                                 precision=precision, device=device)
     return solve_closed_form(moments, kind, **options).to_module(moments.dtype)

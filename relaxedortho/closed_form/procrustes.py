@@ -76,7 +76,8 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     which never increases :math:`f`. It starts at :math:`W_0 = UV^\top` (:func:`solve_orthogonal`), so the
     result is never worse than UVᵀ; it converges to a stationary point (the global optimum is not guaranteed
     in general). For p ≤ q, :math:`\lVert XW\rVert_F` is constant on the feasible set and UVᵀ is exact; it is
-    exact too when :math:`X^\top X \propto I`. ``info`` holds the objective history.
+    exact too when :math:`X^\top X \propto I`. ``info`` holds the objective history (up to the constant
+    :math:`\lVert Y\rVert_F^2`).
     """
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
@@ -86,7 +87,7 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     if m.in_features <= m.out_features:
         return ClosedFormSolution(W, orthogonal=True, info={"iterations": 0})
     A = m.gram_x()
-    yy = m.sq_norm_y()
+    yy = torch.zeros((), dtype=A.dtype, device=A.device)  # the objective is tracked up to the constant ||Y||²
     rho = torch.linalg.eigvalsh(A)[-1].clamp_min(0)
     shift = rho * torch.eye(A.shape[0], dtype=A.dtype, device=A.device) - A
     f = orthogonal_lsq_objective(A, M, W, yy)

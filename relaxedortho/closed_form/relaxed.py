@@ -230,7 +230,7 @@ def _solve(m, center, solver, whitened_tol, max_iter, tol, closed_sv, pg_sv, mu=
     W = _svd_map(M, closed_sv(c))
     info = {"whitened": whitened, "c": c, "solver": "closed_form"}
     if use_pg:
-        W, pg_info = projected_gradient(A, M, pg_sv, W, yy=m.sq_norm_y(center), mu=mu, max_iter=max_iter, tol=tol)
+        W, pg_info = projected_gradient(A, M, pg_sv, W, mu=mu, max_iter=max_iter, tol=tol)
         info.update(pg_info, solver="projected_gradient")
     return _finish(m, W, center, info)
 

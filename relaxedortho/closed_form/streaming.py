@@ -53,7 +53,6 @@ class PairedMoments:
         sum_x, sum_y: column sums of the shifted rows.
         cross_shifted: :math:`\sum (x - k_x)^\top (y - k_y)` (p×q).
         gram_x_shifted, gram_y_shifted: the shifted Grams, or ``None`` when not requested.
-        sq_x, sq_y: sums of squares of the shifted rows (scalars; always kept, they are cheap).
         dtype: the floating dtype of the inputs (result maps use it).
     """
 
@@ -63,12 +62,11 @@ class PairedMoments:
     sum_x: torch.Tensor
     sum_y: torch.Tensor
     cross_shifted: torch.Tensor
-    sq_x: torch.Tensor
-    sq_y: torch.Tensor
     gram_x_shifted: torch.Tensor | None = None
     gram_y_shifted: torch.Tensor | None = None
     dtype: torch.dtype = torch.float64
     info: dict = field(default_factory=dict)
+    has_sums: bool = True
 
     @property
     def in_features(self) -> int:
@@ -82,17 +80,24 @@ class PairedMoments:
     def device(self) -> torch.device:
         return self.cross_shifted.device
 
+    def _need_sums(self) -> None:
+        if not self.has_sums:
+            raise RuntimeError("the column sums were not accumulated (means=False); accumulate with means=True")
+
     def mean_x(self) -> torch.Tensor:
         """Column means of X (float64)."""
+        self._need_sums()
         return self.shift_x + self.sum_x / self.n
 
     def mean_y(self) -> torch.Tensor:
         """Column means of Y (float64)."""
+        self._need_sums()
         return self.shift_y + self.sum_y / self.n
 
     def cross(self, center: bool = False) -> torch.Tensor:
         r""":math:`X^\top Y` (``center=False``) or :math:`(X-\mu_x)^\top(Y-\mu_y)` (``center=True``), p×q."""
         if center:
+            self._need_sums()
             return self.cross_shifted - torch.outer(self.sum_x, self.sum_y) / self.n
         return (self.cross_shifted + torch.outer(self.sum_x, self.shift_y) + torch.outer(self.shift_x, self.sum_y)
                 + self.n * torch.outer(self.shift_x, self.shift_y))
@@ -101,6 +106,7 @@ class PairedMoments:
         if g is None:
             raise RuntimeError(f"the Gram of {name} was not accumulated; pass second_moments including {name!r}")
         if center:
+            self._need_sums()
             return g - torch.outer(s, s) / self.n
         sk = torch.outer(s, k)
         return g + sk + sk.mT + self.n * torch.outer(k, k)
@@ -113,18 +119,13 @@ class PairedMoments:
         r""":math:`Y^\top Y` or the centred scatter (q×q)."""
         return self._gram(self.gram_y_shifted, self.sum_y, self.shift_y, center, "y")
 
-    def _sq(self, sq: torch.Tensor, s: torch.Tensor, k: torch.Tensor, center: bool) -> torch.Tensor:
-        if center:
-            return sq - s.dot(s) / self.n
-        return sq + 2 * k.dot(s) + self.n * k.dot(k)
-
     def sq_norm_x(self, center: bool = False) -> torch.Tensor:
-        r""":math:`\lVert X\rVert_F^2` (or of the centred X)."""
-        return self._sq(self.sq_x, self.sum_x, self.shift_x, center)
+        r""":math:`\lVert X\rVert_F^2` (or of the centred X): the trace of the Gram (needs ``"x"`` accumulated)."""
+        return torch.trace(self.gram_x(center))
 
     def sq_norm_y(self, center: bool = False) -> torch.Tensor:
-        r""":math:`\lVert Y\rVert_F^2` (or of the centred Y)."""
-        return self._sq(self.sq_y, self.sum_y, self.shift_y, center)
+        r""":math:`\lVert Y\rVert_F^2` (or of the centred Y): the trace of the Gram (needs ``"y"`` accumulated)."""
+        return torch.trace(self.gram_y(center))
 
 
 def _is_array(x: Any) -> bool:
@@ -172,7 +173,7 @@ def _array_chunks(X: Any, Y: Any, chunk_size: int | None):
         yield X[start:start + chunk_size], Y[start:start + chunk_size]
 
 
-def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] = ("x",),
+def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] = ("x",), means: bool = True,
                        chunk_size: int | None = None, precision: str = "auto",
                        device: torch.device | str | None = None) -> PairedMoments:
     r"""One pass over paired rows; returns their :class:`PairedMoments` (float64).
@@ -182,6 +183,9 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
             paired (n, q) array; or, with ``Y=None``, an iterable of ``(X_chunk, Y_chunk)`` pairs (or an
             already computed :class:`PairedMoments`, returned unchanged).
         second_moments: which Grams to accumulate besides :math:`X^\top Y`: any of ``"x"``, ``"y"``.
+        means: accumulate the column sums (default). With ``means=False`` and data that need no shift, the
+            only per-chunk work is the GEMM (the fast path of the uncentred kinds); :meth:`PairedMoments.mean_x`
+            is then unavailable.
         chunk_size: rows per chunk for arrays (default: about 4 Mi entries per chunk).
         precision: ``"auto"`` (float32 chunk GEMMs summed in float64 for float32 inputs) or ``"float64"``.
         device: where to compute (default: the device of the first chunk).
@@ -232,6 +236,7 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
                              f"{yc.shape[0]}")
         if acc is None:
             acc = _start(xc, yc, need, precision, where)
+            acc["sums"] = means or any(acc["shifted"])
         elif xc.shape[1] != acc["p"] or yc.shape[1] != acc["q"]:
             raise ValueError(f"chunk {index} has widths X: {xc.shape[1]}, Y: {yc.shape[1]} but chunk 0 had "
                              f"X: {acc['p']}, Y: {acc['q']}; every chunk must have the same number of columns")
@@ -240,9 +245,19 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
     if acc is None or acc["n"] == 0:
         raise ValueError("no rows: X and Y must contain at least one paired row")
     return PairedMoments(n=acc["n"], shift_x=acc["kx"], shift_y=acc["ky"], sum_x=acc["sx"], sum_y=acc["sy"],
-                         cross_shifted=acc["sxy"], sq_x=acc["qx"], sq_y=acc["qy"], gram_x_shifted=acc.get("gxx"),
+                         cross_shifted=acc["sxy"], gram_x_shifted=acc.get("gxx"),
                          gram_y_shifted=acc.get("gyy"), dtype=acc["dtype"],
-                         info={"chunks": acc["chunks"], "gemm_dtype": acc["work"]})
+                         info={"chunks": acc["chunks"], "gemm_dtype": acc["work"], "shifted": acc["shifted"]},
+                         has_sums=acc["sums"])
+
+
+def _needs_shift(chunk64: torch.Tensor, mean: torch.Tensor) -> bool:
+    """Shift when the mean dominates the spread (||mean||^2 > total variance / 4): then the uncentred
+    products would cancel; otherwise the shift buys nothing and costs a pass over every chunk."""
+    if chunk64.shape[0] < 2:
+        return True
+    var = float(((chunk64 - mean) ** 2).sum()) / chunk64.shape[0]
+    return float(mean.dot(mean)) > 0.25 * var
 
 
 def _start(xc: torch.Tensor, yc: torch.Tensor, need: set, precision: str, where: str) -> dict:
@@ -251,18 +266,23 @@ def _start(xc: torch.Tensor, yc: torch.Tensor, need: set, precision: str, where:
     work = torch.float64 if (precision == "float64" or dtype == torch.float64) else torch.float32
     p, q = xc.shape[1], yc.shape[1]
     f64 = dict(dtype=torch.float64, device=dev)
-    if xc.shape[0]:
-        kx = xc.to(torch.float64).mean(0)
-        ky = yc.to(torch.float64).mean(0)
-        for k, name in ((kx, "X"), (ky, "Y")):
-            if not bool(torch.isfinite(k).all()):
+    shifts = []
+    for c, name, width in ((xc, "X", p), (yc, "Y", q)):
+        k = torch.zeros(width, **f64)
+        if c.shape[0]:
+            c64 = c.to(torch.float64)
+            mean = c64.mean(0)
+            if not bool(torch.isfinite(mean).all()):
                 raise ValueError(f"{name}{where} contains NaN or Inf values")
-    else:
-        kx, ky = torch.zeros(p, **f64), torch.zeros(q, **f64)
+            if _needs_shift(c64, mean):
+                k = mean
+        shifts.append(k)
+    kx, ky = shifts
     acc = {"device": dev, "dtype": dtype, "work": work, "p": p, "q": q, "n": 0, "chunks": 0,
-           "kx": kx, "ky": ky, "kxw": kx.to(work), "kyw": ky.to(work),
-           "sx": torch.zeros(p, **f64), "sy": torch.zeros(q, **f64), "qx": torch.zeros((), **f64),
-           "qy": torch.zeros((), **f64), "sxy": torch.zeros(p, q, **f64)}
+           "kx": kx, "ky": ky, "kxw": kx.to(work) if bool(kx.any()) else None,
+           "kyw": ky.to(work) if bool(ky.any()) else None,
+           "sx": torch.zeros(p, **f64), "sy": torch.zeros(q, **f64), "sxy": torch.zeros(p, q, **f64), "buf": {}}
+    acc["shifted"] = (acc["kxw"] is not None, acc["kyw"] is not None)
     if "x" in need:
         acc["gxx"] = torch.zeros(p, p, **f64)
     if "y" in need:
@@ -270,24 +290,41 @@ def _start(xc: torch.Tensor, yc: torch.Tensor, need: set, precision: str, where:
     return acc
 
 
+def _shifted(acc: dict, c: torch.Tensor, key: str) -> torch.Tensor:
+    """The chunk in the working dtype minus its shift, in a reused buffer (no copy when there is no shift)."""
+    c = c.to(acc["work"])
+    k = acc[key]
+    if k is None:
+        return c
+    buf = acc["buf"].get(key)
+    if buf is None or buf.shape[0] < c.shape[0] or buf.device != c.device:
+        buf = acc["buf"][key] = torch.empty_like(c, memory_format=torch.contiguous_format)
+    out = buf[:c.shape[0]]
+    return torch.sub(c, k, out=out)
+
+
 def _add(acc: dict, xc: torch.Tensor, yc: torch.Tensor, where: str) -> None:
-    work = acc["work"]
-    x = xc.to(work) - acc["kxw"]
-    y = yc.to(work) - acc["kyw"]
-    sx = x.sum(0, dtype=torch.float64)
-    sy = y.sum(0, dtype=torch.float64)
-    # every NaN/Inf poisons its column sum: one small check per chunk instead of a pass over the data
-    for s, name in ((sx, "X"), (sy, "Y")):
-        if not bool(torch.isfinite(s).all()):
+    x = _shifted(acc, xc, "kxw")
+    y = _shifted(acc, yc, "kyw")
+    xy = x.mT @ y
+    # every NaN/Inf poisons its column sum (or, without sums, its row/column of the product): one small
+    # check per chunk instead of a separate pass over the data
+    checks = [(xy, "X or Y")]
+    if acc["sums"]:
+        sx = x.sum(0)  # cascade summation in the working dtype, accumulated across chunks in float64
+        sy = y.sum(0)
+        checks = [(sx, "X"), (sy, "Y")]
+        acc["sx"].add_(sx)
+        acc["sy"].add_(sy)
+    for s, name in checks:
+        if not bool(torch.isfinite(s.sum())):  # one scalar: NaN/Inf survive the sum
+            if name == "X or Y":  # failure path only: find the culprit
+                name = "Y" if bool(torch.isfinite(xc).all()) else "X"
             raise ValueError(f"{name}{where} contains NaN or Inf values")
-    acc["sx"] += sx
-    acc["sy"] += sy
-    acc["qx"] += x.square().sum(dtype=torch.float64)
-    acc["qy"] += y.square().sum(dtype=torch.float64)
-    acc["sxy"] += (x.mT @ y).to(torch.float64)
+    acc["sxy"].add_(xy)  # float32 product summed into the float64 accumulator (no temporary)
     if "gxx" in acc:
-        acc["gxx"] += (x.mT @ x).to(torch.float64)
+        acc["gxx"].add_(x.mT @ x)
     if "gyy" in acc:
-        acc["gyy"] += (y.mT @ y).to(torch.float64)
+        acc["gyy"].add_(y.mT @ y)
     acc["n"] += int(xc.shape[0])
     acc["chunks"] += 1
