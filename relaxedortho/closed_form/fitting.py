@@ -82,24 +82,25 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         chunk_size, precision, device: passed to :func:`~relaxedortho.closed_form.accumulate_moments`.
         options: the kind's knobs (below). Unknown options raise ``TypeError``.
 
-    ====================  =================================================================  ===================
-    kind                  solution (row convention, :math:`M = X^\top Y = U\Sigma V^\top`)     options
-    ====================  =================================================================  ===================
-    ``orthogonal``        :math:`UV^\top` (semi-orthogonal when p ≠ q; Schönemann 1966)
-    ``rotation``          :math:`U\,\mathrm{diag}(1,…,\det UV^\top)V^\top` (det +1; p = q)
-    ``orthogonal_lsq``    least squares over orthonormal W, majorization from UVᵀ (p > q)    max_iter, tol
-    ``centered``          UVᵀ of the centred data, bias :math:`\mu_y - \mu_xW`
-    ``similarity``        Umeyama 1991: scale c, orthogonal W, translation                   rotation
-    ``anchored``          :math:`\operatorname{polar}(M + \gamma W_0)`                         prior, gamma
-    ``affine``            :math:`(C_{xx})^{+}C_{xy}`, bias                                     ridge (0)
-    ``ridge``             :math:`(C_{xx} + \rho I)^{-1}C_{xy}`, bias                           ridge (1.0)
-    ``cca``               whiten, Procrustes, recolour; shrinkage 1 = centred Procrustes     shrinkage (0)
-    ``relaxed_penalty``   cubic-root shrinkage of singular values                            mu, center, solver
-    ``relaxed_band``      singular values clipped to [lower, upper]                          lower, upper | epsilon
-    ``relaxed_frobenius`` :math:`\lVert G(W) - I\rVert_F \le` radius (bisection)              radius, center, solver
-    ====================  =================================================================  ===================
+    Kinds (row convention, :math:`M = X^\top Y = U\Sigma V^\top`) and their options:
 
-    The relaxed kinds also take ``whitened_tol``, ``max_iter``, ``tol`` (see
+    - ``"orthogonal"``: :math:`UV^\top`, semi-orthogonal when p ≠ q (Schönemann 1966).
+    - ``"rotation"``: :math:`U\,\mathrm{diag}(1,…,\det UV^\top)\,V^\top`, det +1, p = q (Kabsch 1976).
+    - ``"orthogonal_lsq"``: least squares over orthonormal W for compressing maps (p > q), majorization started
+      at UVᵀ, never worse (Kiers 1990); options ``max_iter``, ``tol``.
+    - ``"centered"``: UVᵀ of the centred data, bias :math:`\mu_y - \mu_xW` (Gupta et al. 2026).
+    - ``"similarity"``: scale, orthogonal W and translation (Umeyama 1991); option ``rotation`` (det +1).
+    - ``"anchored"``: :math:`\operatorname{polar}(M + \gamma W_0)`; options ``prior`` (out×in), ``gamma`` ≥ 0.
+    - ``"affine"`` / ``"ridge"``: :math:`(C_{xx} + \rho I)^{-1}C_{xy}` and bias; option ``ridge``
+      (0 for affine, 1.0 for ridge).
+    - ``"cca"``: whiten, Procrustes, recolour; option ``shrinkage`` ∈ [0, 1] (0 = CCA, 1 = centred Procrustes).
+    - ``"relaxed_penalty"``: cubic-root shrinkage of the singular values; option ``mu`` ≥ 0.
+    - ``"relaxed_band"``: singular values clipped to [``lower``, ``upper``] (aliases ``a``, ``b``) or the band
+      of a spectral ``epsilon``.
+    - ``"relaxed_frobenius"``: :math:`\lVert G(W) - I\rVert_F \le` ``radius`` (bisection on the multiplier).
+
+    The relaxed kinds also take ``center`` (fit a bias), ``solver`` (``"auto"``: closed form when X is whitened,
+    else projected gradient), ``whitened_tol``, ``max_iter``, ``tol`` (see
     :mod:`relaxedortho.closed_form.relaxed`). Orthonormal solutions (orthogonal, rotation, orthogonal_lsq,
     centered, anchored) are returned as :class:`~relaxedortho.OrthogonalLinear` (``group="SO"`` for
     rotation), the others as :class:`~relaxedortho.AffineMap`; the module's weight is :math:`W^\top` (out×in)
