@@ -1,0 +1,214 @@
+r"""The Procrustes family: orthogonal, rotation, compressing least squares, centred, similarity, anchored,
+generalized.
+
+Row convention (``MATH.md`` §5): data X (n×p), Y (n×q), a map W (p×q) predicts XW; with
+:math:`M = X^\top Y = U\Sigma V^\top` (thin SVD). Every solver takes :class:`~.streaming.PairedMoments`
+and returns a :class:`~.solution.ClosedFormSolution` in float64.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .._checks import as_float_tensor, check_nonnegative
+from ..linalg import polar
+from .solution import ClosedFormSolution
+from .streaming import PairedMoments
+
+
+def polar_factor(M: torch.Tensor) -> torch.Tensor:
+    r"""The orthogonal polar factor :math:`UV^\top` of :math:`M = U\Sigma V^\top` (thin SVD), p×q.
+
+    The maximiser of :math:`\operatorname{tr}(W^\top M)` over matrices with orthonormal columns (p ≥ q) or
+    rows (p < q) (Schönemann 1966). When ``M`` is rank-deficient (e.g. n < d) the maximiser is not unique;
+    the SVD's orthonormal completion is returned, still a valid orthonormal matrix.
+    """
+    return polar(M)
+
+
+def rotation_factor(M: torch.Tensor) -> torch.Tensor:
+    r"""The maximiser of :math:`\operatorname{tr}(W^\top M)` over :math:`SO(p)` (square ``M``):
+    :math:`U\,\mathrm{diag}(1,\dots,1,\det(UV^\top))\,V^\top` (Kabsch 1976; Umeyama 1991)."""
+    u, _, vh = torch.linalg.svd(M)
+    d = torch.linalg.det(u @ vh)
+    u = u.clone()
+    u[:, -1] = u[:, -1] * torch.sign(d).where(d != 0, torch.ones_like(d))
+    return u @ vh
+
+
+def solve_orthogonal(m: PairedMoments) -> ClosedFormSolution:
+    r"""Orthogonal Procrustes (Schönemann 1966): :math:`\arg\min_{W}\lVert XW - Y\rVert_F` over orthonormal W is
+    :math:`W = UV^\top` with :math:`X^\top Y = U\Sigma V^\top`.
+
+    For p ≤ q (square or expanding, :math:`WW^\top = I_p`) this is the least-squares optimum; for p > q it
+    maximises :math:`\operatorname{tr}(W^\top X^\top Y)` only (see :func:`solve_orthogonal_lsq`). It equals
+    SciPy's ``orthogonal_procrustes`` on data zero-padded to a common width (restricted to the first p rows
+    and q columns).
+    """
+    return ClosedFormSolution(polar_factor(m.cross()), orthogonal=True)
+
+
+def solve_rotation(m: PairedMoments) -> ClosedFormSolution:
+    r"""Rotation-only Procrustes (Kabsch 1976, Umeyama 1991): the best W in :math:`SO(p)`,
+    :math:`W = U\,\mathrm{diag}(1,\dots,1,\det(UV^\top))\,V^\top`. Needs p = q."""
+    if m.in_features != m.out_features:
+        raise ValueError(f"kind='rotation' needs X and Y of equal width (det is defined for square maps), got "
+                         f"{m.in_features} and {m.out_features}")
+    return ClosedFormSolution(rotation_factor(m.cross()), orthogonal=True, group="SO")
+
+
+def orthogonal_lsq_objective(A: torch.Tensor, M: torch.Tensor, W: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    r""":math:`\lVert XW - Y\rVert_F^2 = \operatorname{tr}(W^\top A W) - 2\operatorname{tr}(W^\top M) + \lVert Y\rVert_F^2`
+    from the moments :math:`A = X^\top X`, :math:`M = X^\top Y`."""
+    return (W * (A @ W)).sum() - 2 * (W * M).sum() + yy
+
+
+def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 1e-12) -> ClosedFormSolution:
+    r"""Least-squares optimum over maps with orthonormal columns (unbalanced / compressing Procrustes, p > q).
+
+    Minimises :math:`f(W) = \lVert XW - Y\rVert_F^2` subject to :math:`W^\top W = I_q` by iterative
+    majorization (Kiers 1990, *Psychometrika* 55; Gower & Dijksterhuis 2004, *Procrustes Problems* §5.1):
+    with :math:`A = X^\top X` and :math:`\rho \ge \lambda_{\max}(A)`,
+
+    .. math:: W_{k+1} = \operatorname{polar}\big(X^\top Y + (\rho I - A) W_k\big),
+
+    which never increases :math:`f`. It starts at :math:`W_0 = UV^\top` (:func:`solve_orthogonal`), so the
+    result is never worse than UVᵀ; it converges to a stationary point (the global optimum is not guaranteed
+    in general). For p ≤ q, :math:`\lVert XW\rVert_F` is constant on the feasible set and UVᵀ is exact; it is
+    exact too when :math:`X^\top X \propto I`. ``info`` holds the objective history (up to the constant
+    :math:`\lVert Y\rVert_F^2`).
+    """
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    tol = check_nonnegative(tol, "tol")
+    M = m.cross()
+    W = polar_factor(M)
+    if m.in_features <= m.out_features:
+        return ClosedFormSolution(W, orthogonal=True, info={"iterations": 0})
+    A = m.gram_x()
+    yy = torch.zeros((), dtype=A.dtype, device=A.device)  # the objective is tracked up to the constant ||Y||²
+    rho = torch.linalg.eigvalsh(A)[-1].clamp_min(0)
+    shift = rho * torch.eye(A.shape[0], dtype=A.dtype, device=A.device) - A
+    f = orthogonal_lsq_objective(A, M, W, yy)
+    history = [float(f)]
+    it = 0
+    for it in range(1, max_iter + 1):
+        W_new = polar_factor(M + shift @ W)
+        f_new = orthogonal_lsq_objective(A, M, W_new, yy)
+        if f_new > f:  # rounding only: majorization cannot increase f
+            break
+        W, f_old, f = W_new, f, f_new
+        history.append(float(f))
+        if float(f_old - f) <= tol * max(1.0, abs(float(f))):
+            break
+    return ClosedFormSolution(W, orthogonal=True, info={"iterations": it, "objective": history})
+
+
+def solve_centered(m: PairedMoments) -> ClosedFormSolution:
+    r"""Orthogonal Procrustes up to a mean shift (Gupta et al. 2026, "Canonicalizing multimodal contrastive
+    representation learning"): :math:`W = \operatorname{polar}\big((X-\mu_x)^\top(Y-\mu_y)\big)`,
+    :math:`b = \mu_y - \mu_x W`."""
+    W = polar_factor(m.cross(center=True))
+    return ClosedFormSolution(W, m.mean_y() - m.mean_x() @ W, orthogonal=True)
+
+
+def solve_similarity(m: PairedMoments, *, rotation: bool = False) -> ClosedFormSolution:
+    r"""Similarity transform (Umeyama 1991, IEEE TPAMI 13(4)): :math:`y \approx c\,xW + t`.
+
+    Centre both sets; with :math:`\Sigma_{xy} = (X-\mu_x)^\top(Y-\mu_y)/n = UDV^\top`, :math:`W = UV^\top`
+    (or with the reflection fix :math:`U\,\mathrm{diag}(1,…,\det)\,V^\top` when ``rotation=True``, as in
+    Umeyama's paper), the scale :math:`c = \operatorname{tr}(W^\top\Sigma_{xy})/\sigma_x^2` with
+    :math:`\sigma_x^2 = \lVert X-\mu_x\rVert_F^2/n` (both normalised by 1/n; the scale is not symmetric in x, y),
+    and :math:`t = \mu_y - c\,\mu_x W`. For compressing maps (p > q) the denominator is
+    :math:`\lVert (X-\mu_x)W\rVert_F^2/n`, the optimal scale for the chosen W. Returned as an affine map with
+    weight :math:`cW^\top`.
+    """
+    C = m.cross(center=True)
+    if rotation:
+        if m.in_features != m.out_features:
+            raise ValueError("rotation=True needs X and Y of equal width")
+        W = rotation_factor(C)
+    else:
+        W = polar_factor(C)
+    if m.in_features > m.out_features:
+        denom = (W * (m.gram_x(center=True) @ W)).sum()
+    else:
+        denom = m.sq_norm_x(center=True)
+    if float(denom) <= 0:
+        raise ValueError("X has zero variance: the similarity scale is undefined")
+    c = (W * C).sum() / denom
+    return ClosedFormSolution(c * W, m.mean_y() - c * (m.mean_x() @ W), info={"scale": float(c)})
+
+
+def solve_anchored(m: PairedMoments, *, prior: Any, gamma: float) -> ClosedFormSolution:
+    r"""Anchored (few-shot) Procrustes: :math:`\arg\min_{W}\lVert XW - Y\rVert_F^2 + \gamma\lVert W - W_0\rVert_F^2`
+    over orthonormal W is :math:`\operatorname{polar}(X^\top Y + \gamma W_0)` (for p ≤ q, where
+    :math:`\lVert XW\rVert_F` and :math:`\lVert W\rVert_F` are constant on the feasible set).
+
+    ``prior`` is the anchor given like a module weight, **out×in** (q×p), i.e. :math:`W_0^\top`, or a map
+    module whose ``.weight`` is used. ``gamma`` ≥ 0 weighs it: 0 is plain Procrustes, ∞ returns polar(W₀).
+    """
+    W0 = prior_rows(prior, m)
+    gamma = check_nonnegative(gamma, "gamma", allow_inf=True)
+    if gamma == float("inf"):
+        return ClosedFormSolution(polar_factor(W0), orthogonal=True)
+    return ClosedFormSolution(polar_factor(m.cross() + gamma * W0), orthogonal=True)
+
+
+def prior_rows(prior: Any, m: PairedMoments) -> torch.Tensor:
+    """The anchor ``prior`` (out×in matrix or map module) as a float64 p×q matrix on the moments' device."""
+    if prior is None:
+        raise ValueError("kind='anchored' needs prior= (the anchor map: an out x in matrix or a map module)")
+    w = prior.weight.detach() if hasattr(prior, "weight") and not isinstance(prior, torch.Tensor) else prior
+    w = as_float_tensor(w, "prior", ndim=2)
+    if tuple(w.shape) != (m.out_features, m.in_features):
+        raise ValueError(f"prior must have shape (out_features, in_features) = ({m.out_features}, "
+                         f"{m.in_features}), got {tuple(w.shape)}")
+    return w.to(dtype=torch.float64, device=m.device).mT
+
+
+def generalized_procrustes(views: Sequence[Any], *, center: bool = True, max_iter: int = 100,
+                           tol: float = 1e-10) -> tuple[list, torch.Tensor, dict]:
+    r"""Generalized Procrustes analysis over K paired views (Gower 1975, *Psychometrika* 40).
+
+    Minimises :math:`\sum_k \lVert X_k R_k - Z\rVert_F^2` over orthogonal :math:`R_k` (d×d) and the consensus
+    :math:`Z` by alternating :math:`R_k = \operatorname{polar}(X_k^\top Z)` and
+    :math:`Z = \frac1K\sum_k X_k R_k`. Each step cannot increase the objective (monotone), which converges to a
+    local optimum; it starts from :math:`Z = X_1`.
+
+    Args:
+        views: K ≥ 2 arrays (n×d each, same n and d; NumPy or torch).
+        center: subtract each view's mean first and give each map the bias :math:`-\mu_k R_k` (default True).
+        max_iter, tol: stop after ``max_iter`` sweeps or when the relative decrease is below ``tol``.
+
+    Returns:
+        ``(maps, consensus, info)``: one :class:`~relaxedortho.OrthogonalLinear` per view (view → consensus,
+        in the views' dtype), the consensus (n×d, float64) and ``info`` with the objective history.
+    """
+    if len(views) < 2:
+        raise ValueError(f"views must hold at least 2 arrays, got {len(views)}")
+    Xs = [as_float_tensor(v, f"views[{i}]", ndim=2) for i, v in enumerate(views)]
+    for i, x in enumerate(Xs[1:], 1):
+        if x.shape != Xs[0].shape:
+            raise ValueError(f"views[{i}] has shape {tuple(x.shape)} but views[0] has {tuple(Xs[0].shape)}; "
+                             "all views must have the same shape")
+    if center and Xs[0].shape[0] < 2:
+        raise ValueError("views need at least 2 rows to be centred")
+    dtype = Xs[0].dtype
+    X64 = [x.to(torch.float64) for x in Xs]
+    means = [x.mean(0) if center else torch.zeros(x.shape[1], dtype=torch.float64, device=x.device) for x in X64]
+    X64 = [x - mu for x, mu in zip(X64, means)]
+    Z = X64[0].clone()
+    Rs = [torch.eye(Z.shape[1], dtype=torch.float64, device=Z.device) for _ in X64]
+    history = []
+    for _ in range(max_iter):
+        Rs = [polar_factor(x.mT @ Z) for x in X64]
+        aligned = [x @ r for x, r in zip(X64, Rs)]
+        Z = torch.stack(aligned).mean(0)
+        obj = float(sum(((a - Z) ** 2).sum() for a in aligned))
+        history.append(obj)
+        if len(history) > 1 and history[-2] - obj <= tol * max(1.0, abs(obj)):
+            break
+    sols = [ClosedFormSolution(r, -(mu @ r) if center else None, orthogonal=True) for r, mu in zip(Rs, means)]
+    return [s.to_module(dtype) for s in sols], Z, {"objective": history, "iterations": len(history)}
