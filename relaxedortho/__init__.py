@@ -7,6 +7,9 @@ The spectrum, one interface (:class:`~relaxedortho.maps.AlignmentMap`):
 - free: :class:`AffineMap`.
 """
 from . import linalg, losses, metrics, penalties, training
+from . import closed_form, similarity
+from .closed_form import ClosedFormAlignment, fit_closed_form, lambda_init
+from .similarity import linear_cka, procrustes_distance
 from .maps import AffineMap, AlignmentMap, LambdaOrthoLinear, OrthogonalLinear, StiefelLinear, riemannian_lr
 from .serialization import load, save
 from .training import Trainer, TrainHistory, fit_alignment, fit_pair, lambda_sweep, plot_tradeoff
@@ -22,4 +25,5 @@ __all__ = ["AffineMap", "AlignmentMap", "LambdaOrthoLinear", "OrthogonalLinear",
            "transfer", "task_vector", "apply_task_vector", "TransferredLinear", "transfer_task_vector",
            "merge_transferred", "soft_orthogonal_map", "procrustes_weight", "train_transfer_maps",
            "run_transfer_demo", "training", "fit_alignment", "Trainer", "TrainHistory", "fit_pair",
-           "lambda_sweep", "plot_tradeoff"]
+           "lambda_sweep", "plot_tradeoff", "closed_form", "similarity", "fit_closed_form",
+           "ClosedFormAlignment", "lambda_init", "linear_cka", "procrustes_distance"]
