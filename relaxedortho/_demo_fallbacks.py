@@ -55,29 +55,32 @@ def fit_alignment(module, source, target, *, epochs: int = 50, batch_size: int =
     return module
 
 
-def _ranking(query, gallery):
+def _ranking(query, gallery, leave_one_out=False):
     q = torch.nn.functional.normalize(_t(query, torch.float32), dim=1)
     g = torch.nn.functional.normalize(_t(gallery, torch.float32), dim=1)
-    return torch.argsort(q @ g.mT, dim=1, descending=True, stable=True)
+    sim = q @ g.mT
+    if leave_one_out:  # query i and gallery item i are the same item: rank it last and drop it
+        sim.fill_diagonal_(-torch.inf)
+        return torch.argsort(sim, dim=1, descending=True, stable=True)[:, :-1]
+    return torch.argsort(sim, dim=1, descending=True, stable=True)
+
+
+def _relevance(query, gallery, query_labels, gallery_labels, leave_one_out):
+    order = _ranking(query, gallery, leave_one_out)
+    ql = torch.as_tensor(np.asarray(query_labels))
+    gl = torch.as_tensor(np.asarray(gallery_labels))
+    return gl[order] == ql[:, None]
 
 
 def cmc(query, gallery, query_labels, gallery_labels, topk=(1, 5), leave_one_out: bool = False) -> dict:
-    """CMC top-k accuracies (cosine similarity), brute force; no leave-one-out support needed here."""
-    if leave_one_out:
-        raise NotImplementedError("fallback cmc has no leave_one_out")
-    order = _ranking(query, gallery)
-    ql, gl = torch.as_tensor(np.asarray(query_labels)), torch.as_tensor(np.asarray(gallery_labels))
-    hits = gl[order] == ql[:, None]
+    """CMC top-k accuracies (cosine similarity), brute force."""
+    hits = _relevance(query, gallery, query_labels, gallery_labels, leave_one_out)
     return {k: float(hits[:, :k].any(1).float().mean()) for k in topk}
 
 
 def mean_average_precision(query, gallery, query_labels, gallery_labels, leave_one_out: bool = False) -> float:
     """mAP over queries with at least one relevant gallery item (cosine similarity), brute force."""
-    if leave_one_out:
-        raise NotImplementedError("fallback mean_average_precision has no leave_one_out")
-    order = _ranking(query, gallery)
-    ql, gl = torch.as_tensor(np.asarray(query_labels)), torch.as_tensor(np.asarray(gallery_labels))
-    rel = (gl[order] == ql[:, None]).double()
+    rel = _relevance(query, gallery, query_labels, gallery_labels, leave_one_out).double()
     R = rel.sum(1)
     prec = rel.cumsum(1) / torch.arange(1, rel.shape[1] + 1, dtype=torch.float64)
     ap = (prec * rel).sum(1) / R.clamp_min(1)

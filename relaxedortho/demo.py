@@ -472,7 +472,7 @@ def _plot_tradeoff(report: dict, path: str) -> None:
     fig = Figure(figsize=(10, 4), dpi=110)
     ax, ax2 = fig.subplots(1, 2)
     ax.plot(xs, [maps[n]["top1_to_old"] for n in names], "o-", label="B(new)/old  (compatibility)")
-    ax.plot(xs, [maps[n]["top1_self"] for n in names], "s-", label="B(new)/B(new)  (kept plasticity)")
+    ax.plot(xs, [maps[n]["top1_self"] for n in names], "s-", label="B(new)/B(new)  (new model kept)")
     b = report["baselines"]
     ax.axhline(b["old_old"]["top1"], ls="--", color="gray", label="old/old")
     ax.axhline(b["new_new"]["top1"], ls=":", color="black", label="new/new")
@@ -487,7 +487,7 @@ def _plot_tradeoff(report: dict, path: str) -> None:
     ax2.set_xticks(xs, labels, rotation=30, ha="right")
     ax2.set_ylabel("‖AᵀA − I‖_F of B")
     ax2.set_title("Distance from orthogonality")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.9, wspace=0.28)  # tight_layout is slow
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
     os.close(fd)
     try:
