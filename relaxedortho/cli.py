@@ -171,6 +171,18 @@ def _load_pair(args, device):
 
 
 # ----------------------------------------------------------------------------------------------- fitting
+def _check_solver(kind: str, solver: str) -> None:
+    if kind not in MAP_KINDS:
+        raise CLIError(f"kind must be one of {', '.join(MAP_KINDS)}; got {kind!r}")
+    if solver not in ("closed", "trained"):
+        raise CLIError(f"solver must be 'closed' or 'trained'; got {solver!r}")
+    if kind == "lambda" and solver == "closed":
+        raise CLIError("λ-orthogonal maps are trained: use --solver trained (or --kind band for a closed form "
+                       "with a bounded deviation from orthogonality)")
+    if kind == "band" and solver == "trained":
+        raise CLIError("band maps are fitted in closed form / projected gradient: use --solver closed")
+
+
 def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.5, bias: bool | None = None,
               epochs: int = 100, batch_size: int = 256, lr: float = 1e-2, seed: int = 0, progress: bool = False,
               band_steps: int = 300):
@@ -181,18 +193,14 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
 
     fit_closed_form, fit_alignment, _, _ = _backends()
     p, q = X.shape[1], Y.shape[1]
-    if kind == "lambda" and solver == "closed":
-        raise CLIError("λ-orthogonal maps are trained: use --solver trained (or --kind band for a closed form "
-                       "with a bounded deviation from orthogonality)")
-    if kind == "band" and solver == "trained":
-        raise CLIError("band maps are fitted in closed form / projected gradient: use --solver closed")
+    _check_solver(kind, solver)
     if solver == "closed":
         if kind == "orthogonal":
             if bias:  # centred Procrustes, then add the target mean (Gupta et al. 2026)
                 mx, my = X.mean(0), Y.mean(0)
                 m = fit_closed_form(X - mx, Y - my, kind="orthogonal")
                 w = m.weight.detach()
-                return OrthogonalLinear.from_matrix(w, (my - mx @ w.mT).to(w.dtype), bias=True)
+                return OrthogonalLinear.from_matrix(w, (my - mx @ w.mT).to(w.dtype))
             return fit_closed_form(X, Y, kind="orthogonal")
         if kind == "affine":
             m = fit_closed_form(X, Y, kind="affine")
@@ -240,12 +248,13 @@ def cmd_fit(args) -> int:
 
     from .serialization import save
 
+    solver = args.solver or ("trained" if args.kind == "lambda" else "closed")
+    _check_solver(args.kind, solver)
     _check_output_file(args.out)
     if args.json:
         _check_output_file(args.json)
     device = _device(args.device)
     X, Y, labels = _load_pair(args, device)
-    solver = args.solver or ("trained" if args.kind == "lambda" else "closed")
     _log(args, f"fitting a {args.kind} map {X.shape[1]} -> {Y.shape[1]} on {X.shape[0]} pairs ({solver})")
     t = time.perf_counter()
     module = build_map(args.kind, solver, X, Y, lam=args.lam, eps=args.eps, bias=args.bias, epochs=args.epochs,
@@ -487,19 +496,12 @@ def cmd_transfer_demo(args) -> int:
                        "does not have") from None
     except ImportError as exc:
         raise CLIError(f"the transfer demo is not available in this installation: {exc}") from None
-    report = run_transfer_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
-    if isinstance(report, dict):
-        print(json.dumps(_jsonable_safe(report), indent=2)[:4000])
+    from .demo import _writable_dir
+
+    _writable_dir(args.out)
+    run_transfer_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    print(f"Report: {os.path.join(args.out, 'report.json')}")
     return 0
-
-
-def _jsonable_safe(obj):
-    from .demo import _jsonable
-
-    try:
-        return json.loads(json.dumps(_jsonable(obj), default=str))
-    except (TypeError, ValueError):
-        return str(obj)
 
 
 # ----------------------------------------------------------------------------------------------- parser
@@ -685,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, DataFileError, OSError, ValueError, TypeError) as exc:
+    except (CLIError, DataFileError, OSError, ValueError) as exc:  # not TypeError: that is a bug
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"relaxedortho {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR

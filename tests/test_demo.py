@@ -88,9 +88,16 @@ def test_nested_bands_looser_never_fits_worse(demo_run):
 def test_deterministic_for_a_seed(tmp_path, demo_run):
     _, first = demo_run
     again = run_demo(tmp_path, seed=3, progress=False, config=tiny())
-    strip = lambda r: {k: {n: {kk: vv for kk, vv in m.items() if kk != "seconds"} for n, m in r[k].items()}  # noqa
-                       for k in ("maps",)} | {"baselines": r["baselines"]}
-    assert strip(again) == strip(first)
+    assert again["baselines"] == first["baselines"]
+    assert again["forward"]["top1"] == first["forward"]["top1"]
+    for name, m in first["maps"].items():
+        for key, v in m.items():
+            if key == "seconds":
+                continue
+            if key.startswith(("top", "map")) or not isinstance(v, float):
+                assert again["maps"][name][key] == v, (name, key)   # retrieval numbers: identical
+            else:  # LAPACK results may differ in the last bits with memory alignment (MKL)
+                assert again["maps"][name][key] == pytest.approx(v, rel=1e-9, abs=1e-12), (name, key)
 
 
 def test_other_new_width_reports_new_old_not_applicable(tmp_path):
