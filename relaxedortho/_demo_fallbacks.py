@@ -66,7 +66,7 @@ def _ranking(query, gallery, leave_one_out=False):
 
 
 def _relevance(query, gallery, query_labels, gallery_labels, leave_one_out):
-    order = _ranking(query, gallery, leave_one_out)
+    order = _ranking(query, gallery, leave_one_out).cpu()
     ql = torch.as_tensor(np.asarray(query_labels))
     gl = torch.as_tensor(np.asarray(gallery_labels))
     return gl[order] == ql[:, None]

@@ -505,8 +505,17 @@ def cmd_transfer_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- parser
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-wrapped descriptions and appends "(default: X)" where a default exists and the help
+    text does not already state one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" not in text and action.option_strings and default is not None and default is not False
+                and default != argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,9 @@ representation learning", CVPR 2020, for the protocol):
    for several λ, the free affine map (trained and in closed form), and the nested relaxed *band*
    maps :math:`\sigma_i(W)\in[\sqrt{(1-\varepsilon)_+}, \sqrt{1+\varepsilon}]` (MATH.md §5). A forward map
    :math:`F:` old → new-aligned space is fitted to :math:`\lVert F(h^{old}) - B_\perp(h^{new})\rVert^2`.
+   Trained backward maps start at the Procrustes solution (:attr:`DemoConfig.warm_start`): a path of
+   nearly orthogonal matrices cannot change the sign of :math:`\det A`, so from a random orthogonal start
+   training can stay in the wrong component of :math:`O(d)`.
 4. Retrieval (cosine similarity, CMC top-k and mAP, MATH.md §7) is measured for old/old, new/old
    (unmapped; only when the widths agree), new/new, and per map :math:`B(new)/old` (query mapped,
    old gallery) and :math:`B(new)/B(new)` (both mapped). A map is *compatible* when
@@ -88,6 +91,8 @@ class DemoConfig:
     lams: tuple = (0.0, 0.5, 1.0, 2.0, 4.0)
     band_eps: tuple = (0.05, 0.2, 0.5, 1.0, 3.0)
     band_steps: int = 200
+    #: start every trained backward map at the closed-form Procrustes map (else a random orthogonal matrix)
+    warm_start: bool = True
     old_classes: tuple = field(default_factory=tuple)
     #: CPU threads while the demo runs (the digits matrices are tiny: one thread avoids the synchronisation
     #: overhead, which dominates on a busy machine); ``None`` keeps PyTorch's setting.
@@ -101,8 +106,8 @@ def scenario(dataset: str = "digits", *, quick: bool = False, new_width: int | N
     if dataset == "digits":
         cfg = DemoConfig()
     else:
-        cfg = DemoConfig(dataset="fashion-mnist", width=64, hidden=256, model_epochs=6, model_batch=128,
-                         map_epochs=15, map_batch=256, max_train=20000, max_eval=10000,
+        cfg = DemoConfig(dataset="fashion-mnist", width=64, hidden=192, model_epochs=5, model_batch=128,
+                         map_epochs=10, map_batch=256, max_train=12000, max_eval=5000,
                          query_fraction=0.2, band_steps=150, cpu_threads=None)
     if quick:
         cfg.model_epochs = max(2, cfg.model_epochs // 4)
@@ -271,7 +276,10 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
     cfg = config or scenario(dataset, quick=quick, new_width=new_width)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is available to PyTorch")
     out = _writable_dir(out)
@@ -352,7 +360,7 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
         oe = module.orthogonality_error() if hasattr(module, "orthogonality_error") else None
         entry = {"kind": kind, "top1_to_old": to_old["top1"], "top5_to_old": to_old["top5"],
                  "map_to_old": to_old["map"], "top1_self": self_["top1"], "top5_self": self_["top5"],
-                 "map_self": self_["map"], "orthogonality_error": oe,
+                 "map_self": self_["map"], "orthogonality_error": oe, "bias": module.bias is not None,
                  "fit_mse_train": _fit_mse(module, H_new, H_old),
                  "compatible_top1": to_old["top1"] > baselines["old_old"]["top1"],
                  "compatible_map": to_old["map"] > baselines["old_old"]["map"],
@@ -371,20 +379,24 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
     from .maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
 
     t = time.perf_counter()
-    record("procrustes", "closed_form", fit_closed_form(H_new, H_old, kind="orthogonal").to(dev),
-           time.perf_counter() - t, solver="closed form", constraint="orthogonal")
+    procrustes = fit_closed_form(H_new, H_old, kind="orthogonal").to(dev)
+    record("procrustes", "closed_form", procrustes, time.perf_counter() - t, solver="closed form",
+           constraint="orthogonal")
+    # warm start of every trained map: a near-orthogonal path cannot change the sign of det(A), so training
+    # from a random orthogonal start may stay in the wrong component of O(d) (seen on Fashion-MNIST)
+    w0 = procrustes.weight.detach().clone() if cfg.warm_start else "orthogonal"
     t = time.perf_counter()
     torch.manual_seed(seed + 1)
-    m = trained(OrthogonalLinear(new_w, cfg.width, bias=False).to(dev), 1)
+    m = trained(OrthogonalLinear(new_w, cfg.width, bias=False, init=w0).to(dev), 1)
     record("orthogonal", "orthogonal", m, time.perf_counter() - t, solver="trained", constraint="orthogonal")
     for i, lam in enumerate(cfg.lams):
         t = time.perf_counter()
         torch.manual_seed(seed + 10 + i)
-        m = trained(LambdaOrthoLinear(new_w, cfg.width, lam=float(lam)).to(dev), 10 + i)
+        m = trained(LambdaOrthoLinear(new_w, cfg.width, lam=float(lam), init=w0).to(dev), 10 + i)
         record(f"lambda={lam:g}", "lambda", m, time.perf_counter() - t, lam=float(lam), solver="trained")
     t = time.perf_counter()
     torch.manual_seed(seed + 2)
-    m = trained(AffineMap(new_w, cfg.width).to(dev), 2)
+    m = trained(AffineMap(new_w, cfg.width, init=w0).to(dev), 2)
     record("affine", "affine", m, time.perf_counter() - t, lam=math.inf, solver="trained")
     t = time.perf_counter()
     record("least_squares", "closed_form", fit_closed_form(H_new, H_old, kind="affine").to(dev),
@@ -405,7 +417,7 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
         target = B(H_new)
         BQ = B(Q_new)
     torch.manual_seed(seed + 3)
-    F_map = AffineMap(cfg.width, cfg.width).to(dev)
+    F_map = AffineMap(cfg.width, cfg.width, init="identity").to(dev)
     fit_alignment(F_map, H_old, target, epochs=cfg.map_epochs, batch_size=cfg.map_batch, lr=cfg.map_lr,
                   progress=False)
     with torch.no_grad():

@@ -139,6 +139,15 @@ def test_npz_and_pt_inputs(files, tmp_path, capsys):
     assert main(["fit", str(tmp_path / "new.pt"), str(files / "old.npy"), "--out", str(tmp_path / "b.pt"),
                  "--quiet"]) == 0
     assert torch.equal(relaxedortho.load(tmp_path / "a.pt").weight, relaxedortho.load(tmp_path / "b.pt").weight)
+    # rectangular (12 -> 7): an orthonormal-rows map, a band map, and a trained λ map
+    np.save(tmp_path / "old7.npy", old[:, :7])
+    for extra in ([], ["--kind", "band"], ["--kind", "lambda", "--epochs", "2"]):
+        assert main(["fit", str(files / "new.npy"), str(tmp_path / "old7.npy"), "--out", str(tmp_path / "r.pt"),
+                     "--quiet", *extra]) == 0
+        m = relaxedortho.load(tmp_path / "r.pt")
+        assert (m.in_features, m.out_features) == (12, 7)
+        if not extra:
+            assert m.orthogonality_error() < 1e-4
 
 
 def test_sweep(files, tmp_path, capsys):
@@ -230,6 +239,7 @@ CASES = {
     "demo fashion absent": (["demo", "--dataset", "fashion-mnist", "--data-dir", "{t}/nowhere", "--out", "{t}/o"],
                             "Fashion-MNIST files not found"),
     "demo no cuda": (["demo", "--device", "cuda", "--out", "{t}/o"], "cuda"),
+    "demo bad device": (["demo", "--device", "gpu", "--out", "{t}/o"], "unknown device"),
     "sweep row mismatch": (["sweep", "{t}/short.npy", "{d}/old.npy", "--out", "{t}/s"], "same number of rows"),
 }
 
