@@ -397,7 +397,7 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
     t = time.perf_counter()
     torch.manual_seed(seed + 2)
     m = trained(AffineMap(new_w, cfg.width, init=w0).to(dev), 2)
-    record("affine", "affine", m, time.perf_counter() - t, lam=math.inf, solver="trained")
+    record("affine", "affine", m, time.perf_counter() - t, solver="trained")  # λ = ∞
     t = time.perf_counter()
     record("least_squares", "closed_form", fit_closed_form(H_new, H_old, kind="affine").to(dev),
            time.perf_counter() - t, solver="closed form", constraint="none")
