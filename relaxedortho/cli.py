@@ -139,9 +139,12 @@ def _tensor(arr, device, dtype=None):
 
 
 def _backends():
-    from . import demo
+    """The library's fitting and metric functions, imported when a command runs (keeps ``--help`` fast)."""
+    from .closed_form import fit_closed_form
+    from .metrics import cmc, mean_average_precision
+    from .training import fit_alignment
 
-    return demo.fit_closed_form, demo.fit_alignment, demo.cmc, demo.mean_average_precision
+    return fit_closed_form, fit_alignment, cmc, mean_average_precision
 
 
 def _log(args, msg: str) -> None:
@@ -197,10 +200,7 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
     if solver == "closed":
         if kind == "orthogonal":
             if bias:  # centred Procrustes, then add the target mean (Gupta et al. 2026)
-                mx, my = X.mean(0), Y.mean(0)
-                m = fit_closed_form(X - mx, Y - my, kind="orthogonal")
-                w = m.weight.detach()
-                return OrthogonalLinear.from_matrix(w, (my - mx @ w.mT).to(w.dtype))
+                return fit_closed_form(X, Y, kind="centered")
             return fit_closed_form(X, Y, kind="orthogonal")
         if kind == "affine":
             m = fit_closed_form(X, Y, kind="affine")

@@ -52,19 +52,9 @@ from torch import nn
 
 from .data import DATASETS, load_digits, load_fashion_mnist
 
-# ----------------------------------------------------------------------------------------------- back ends
-try:  # the real modules when merged; a private stand-in otherwise
-    from .closed_form import fit_closed_form
-except ImportError:  # pragma: no cover - depends on the merge state
-    from ._demo_fallbacks import fit_closed_form
-try:
-    from .metrics import cmc, mean_average_precision
-except ImportError:  # pragma: no cover
-    from ._demo_fallbacks import cmc, mean_average_precision
-try:
-    from .training import fit_alignment
-except ImportError:  # pragma: no cover
-    from ._demo_fallbacks import fit_alignment
+from .closed_form import fit_closed_form
+from .metrics import cmc, mean_average_precision
+from .training import fit_alignment
 
 REPORT_NAME = "report.json"
 PLOT_NAME = "lambda_tradeoff.png"
