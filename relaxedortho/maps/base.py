@@ -95,12 +95,17 @@ class AlignmentMap:
         """Build a map of this class whose weight (and bias) equal the given ones.
 
         ``in_features``/``out_features``, dtype and device come from ``weight``; other constructor options
-        go in ``kwargs``. With ``bias=None`` the map has no bias unless ``kwargs`` sets ``bias=True``
-        (then zero).
+        go in ``kwargs``. ``bias`` is a vector (the map gets that bias), ``None``/``False`` (no bias) or
+        ``True`` (a zero bias).
         """
         w = as_float_tensor(weight, "weight", ndim=2)
-        kwargs.setdefault("bias", bias is not None)
-        m = cls(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device, **kwargs)
+        if isinstance(bias, bool):
+            has_bias, bias = bias, None
+        else:
+            has_bias = bias is not None
+        if "bias" in kwargs:
+            raise TypeError("from_matrix() takes the bias as its second argument (a vector, True or None)")
+        m = cls(w.shape[1], w.shape[0], bias=has_bias, dtype=w.dtype, device=w.device, **kwargs)
         return m.load_matrix_(w, bias)
 
     def config(self) -> dict:

@@ -55,7 +55,7 @@ class LambdaOrthoLinear(AffineMap):
     Example:
         >>> import torch, relaxedortho as ro
         >>> m = ro.LambdaOrthoLinear(8, 8, lam=0.5, init="identity")
-        >>> float(m.regularizer())
+        >>> float(m.regularizer().detach())
         0.0
         >>> with torch.no_grad():
         ...     m.weight.mul_(2.0)

@@ -124,6 +124,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             _RETRACTED.add(self)
             _ensure_global_hook()
             self.register_forward_pre_hook(_retraction_pre_hook)
+            self.register_load_state_dict_post_hook(_mark_loaded_exact)
             if self.project_gradient:
                 self.weight.register_hook(self._tangent_hook)
         else:
@@ -190,6 +191,11 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"method={self.method!r}, group={self.group!r}")
+
+
+def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
+    # a loaded state is exactly a saved point of the manifold: do not re-project it (that would change bits)
+    module._version = module.weight._version
 
 
 @torch.compiler.disable
