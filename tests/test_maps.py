@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -234,15 +235,27 @@ def test_import_and_construct_print_nothing():
 
 
 # -- torch.compile ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inductor():
+    """Import inductor once with its own import-time DeprecationWarnings (torch.jit.script_method in
+    torch.utils.mkldnn, torch 2.13) silenced: they are torch's, not ours, and -W error would turn them into errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
+
+
+# torch's compiler emits internal Deprecation/FutureWarnings and, for geoopt's tensor subclass, a .grad-access
+# UserWarning that it hides itself under default filters; -W error (pyproject) would turn them into errors.
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch", "ignore::FutureWarning:torch",
+                            "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 @pytest.mark.parametrize("variant", ALL)
-def test_compile_matches_eager(variant):
+def test_compile_matches_eager(variant, inductor):
     torch._dynamo.reset()
     cls_name, kwargs = ros.MAP_VARIANTS[variant]
     m = getattr(ro, cls_name)(5, 3, bias=True, **kwargs)
     x = torch.randn(2, 4, 5)
-    compiled = torch.compile(m, backend="eager" if "householder" in variant else "inductor", fullgraph=False)
+    compiled = torch.compile(m)
     torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-6)
-    r = m.regularizer()
-    torch.testing.assert_close(torch.compile(m.regularizer)(), r, rtol=1e-5, atol=1e-6) \
-        if "randomized" not in variant else None
+    if "randomized" not in variant:  # the randomized estimate draws fresh probes each call
+        torch.testing.assert_close(torch.compile(m.regularizer)(), m.regularizer(), rtol=1e-5, atol=1e-6)
