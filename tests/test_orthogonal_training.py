@@ -52,9 +52,14 @@ def train(m, x, y, steps, lr=1e-2):
     return losses
 
 
-@settings(max_examples=6)
-@given(st.sampled_from(HARD_VARIANTS), ros.shapes(min_side=2, max_side=6), ros.float_dtypes(), ros.seeds())
-def test_hard_maps_stay_on_manifold_and_learn(variant, shape, dtype, seed):
+@pytest.mark.parametrize("variant", HARD_VARIANTS, ids=lambda v: v[0] + "-" + "-".join(map(str, v[1].values())))
+@pytest.mark.parametrize("kind", ros.SHAPE_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@settings(max_examples=2)
+@given(data=st.data())
+def test_hard_maps_stay_on_manifold_and_learn(variant, kind, dtype, data):
+    shape = data.draw(ros.shapes(kind, min_side=2, max_side=6), label="shape")
+    seed = data.draw(ros.seeds(), label="seed")
     cls_name, kwargs = variant
     torch.manual_seed(seed)
     m = getattr(ro, cls_name)(shape[1], shape[0], dtype=dtype, **kwargs)
