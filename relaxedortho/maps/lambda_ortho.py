@@ -58,7 +58,7 @@ class LambdaOrthoLinear(AffineMap):
         >>> float(m.regularizer().detach())
         0.0
         >>> with torch.no_grad():
-        ...     m.weight.mul_(2.0)
+        ...     _ = m.weight.mul_(2.0)
         >>> round(m.orthogonality_error(), 4)  # ||4 I - I||_F = 3 * sqrt(8)
         8.4853
     """
