@@ -71,6 +71,13 @@ def test_hard_maps_stay_on_manifold_and_learn(variant, kind, dtype, data):
     if shape[0] == shape[1]:
         det0 = float(torch.linalg.det(w0.double()))
         assert float(torch.linalg.det(m.weight.detach().double())) == pytest.approx(det0, abs=1e-3)
+    if shape[0] >= shape[1]:  # square/expanding: still an isometry after training
+        a = torch.randn(2, shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+        with torch.no_grad():
+            wa = m(a) - (0 if m.bias is None else m.bias)
+        t = drift_tolerance(dtype, k, STEPS) * float(a.norm(dim=1).prod() + 1)
+        assert abs(float(wa[0] @ wa[1]) - float(a[0] @ a[1])) <= t
+        assert abs(float(wa[0].norm()) - float(a[0].norm())) <= t
     # it learns at Adam's usual learning rates
     assert losses[-1] < 0.5 * losses[0]
 
