@@ -125,6 +125,12 @@ class AlignmentMap:
         return w, b
 
 
+def check_dtype(dtype: Any) -> None:
+    """Raise :class:`TypeError` unless ``dtype`` is ``None`` or a floating :class:`torch.dtype` (the ``dtype`` argument)."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got {dtype!r}")
+
+
 def initial_weight(init: Any, out_features: int, in_features: int, *, dtype=None, device=None) -> torch.Tensor:
     """The starting ``out x in`` matrix named by ``init`` (a string of :data:`INIT_CHOICES` or a matrix)."""
     if isinstance(init, (torch.Tensor, np.ndarray)):

@@ -30,7 +30,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .._checks import check_choice, check_features
 from ..linalg import newton_schulz_polar, random_orthogonal, tall
-from .base import AlignmentMap, check_orthonormal, initial_weight
+from .base import AlignmentMap, check_dtype, check_orthonormal, initial_weight
 
 METHODS = ("retraction", "cayley", "matrix_exp", "householder")
 
@@ -99,6 +99,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                  project_gradient: bool = True, device=None, dtype=None) -> None:
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
+        check_dtype(dtype)
         check_choice(method, "method", METHODS)
         check_choice(group, "group", ("O", "SO"))
         if group == "SO" and in_features != out_features:
