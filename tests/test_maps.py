@@ -259,3 +259,10 @@ def test_compile_matches_eager(variant, inductor):
     torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-6)
     if "randomized" not in variant:  # the randomized estimate draws fresh probes each call
         torch.testing.assert_close(torch.compile(m.regularizer)(), m.regularizer(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64, "float32"])
+def test_non_float_dtype_rejected(cls, dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        cls(3, 4, dtype=dtype)
