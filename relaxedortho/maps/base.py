@@ -126,7 +126,7 @@ class AlignmentMap:
 
 
 def check_dtype(dtype: Any) -> None:
-    """Raise :class:`TypeError` unless ``dtype`` is ``None`` or a floating :class:`torch.dtype` (the ``dtype`` argument)."""
+    """Raise :class:`TypeError` unless ``dtype`` (the constructor argument) is ``None`` or a floating dtype."""
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got {dtype!r}")
 
