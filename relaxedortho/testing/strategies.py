@@ -94,8 +94,9 @@ def matrices(draw, shape: tuple[int, int] | st.SearchStrategy | None = None,
 
     :math:`U, V` are Haar-random with orthonormal columns; the singular values are
     :math:`s_i = c\,\kappa^{-t_i}` with :math:`t_1 = 0`, :math:`t_{\text{last}} = 1` (when there are at least
-    two) and the others uniform in :math:`[0, 1]`, so the condition number is exactly :math:`\kappa` (drawn log-uniformly in
-    ``[1, max_condition]``) and the largest singular value is :math:`c` (``scale``, or drawn in the given range).
+    two) and the others uniform in :math:`[0, 1]`, so the condition number is exactly :math:`\kappa` (drawn
+    log-uniformly in ``[1, max_condition]``) and the largest singular value is :math:`c` (``scale``, or drawn in
+    the given range).
 
     Args:
         shape: ``(out, in)`` or a strategy of shapes (default :func:`shapes`).
