@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .._checks import check_features
-from .base import AlignmentMap, initial_weight
+from .base import AlignmentMap, check_dtype, initial_weight
 
 
 class AffineMap(AlignmentMap, nn.Linear):
@@ -35,6 +35,7 @@ class AffineMap(AlignmentMap, nn.Linear):
                  device=None, dtype=None) -> None:
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
+        check_dtype(dtype)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init = init if isinstance(init, str) else "matrix"
         with torch.no_grad():

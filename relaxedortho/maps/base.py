@@ -95,12 +95,17 @@ class AlignmentMap:
         """Build a map of this class whose weight (and bias) equal the given ones.
 
         ``in_features``/``out_features``, dtype and device come from ``weight``; other constructor options
-        go in ``kwargs``. With ``bias=None`` the map has no bias unless ``kwargs`` sets ``bias=True``
-        (then zero).
+        go in ``kwargs``. ``bias`` is a vector (the map gets that bias), ``None``/``False`` (no bias) or
+        ``True`` (a zero bias).
         """
         w = as_float_tensor(weight, "weight", ndim=2)
-        kwargs.setdefault("bias", bias is not None)
-        m = cls(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device, **kwargs)
+        if isinstance(bias, bool):
+            has_bias, bias = bias, None
+        else:
+            has_bias = bias is not None
+        if "bias" in kwargs:
+            raise TypeError("from_matrix() takes the bias as its second argument (a vector, True or None)")
+        m = cls(w.shape[1], w.shape[0], bias=has_bias, dtype=w.dtype, device=w.device, **kwargs)
         return m.load_matrix_(w, bias)
 
     def config(self) -> dict:
@@ -118,6 +123,12 @@ class AlignmentMap:
             if b.shape[0] != self.out_features:
                 raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(b.shape)}")
         return w, b
+
+
+def check_dtype(dtype: Any) -> None:
+    """Raise :class:`TypeError` unless ``dtype`` (the constructor argument) is ``None`` or a floating dtype."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got {dtype!r}")
 
 
 def initial_weight(init: Any, out_features: int, in_features: int, *, dtype=None, device=None) -> torch.Tensor:

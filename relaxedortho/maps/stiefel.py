@@ -16,7 +16,7 @@ from torch import nn
 from .._checks import check_choice, check_features
 from .._geoopt import geoopt
 from ..linalg import random_orthogonal
-from .base import AlignmentMap, check_orthonormal, initial_weight
+from .base import AlignmentMap, check_dtype, check_orthonormal, initial_weight
 
 
 def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
@@ -58,6 +58,7 @@ class StiefelLinear(AlignmentMap, nn.Module):
                  init: Any = "orthogonal", device=None, dtype=None) -> None:
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
+        check_dtype(dtype)
         super().__init__()
         self.in_features, self.out_features, self.canonical = in_features, out_features, bool(canonical)
         dtype = dtype or torch.get_default_dtype()

@@ -1,0 +1,189 @@
+"""Training-step cost and orthogonality drift of the maps of the spectrum and of their peers.
+
+One run prints, for every map and every (d, B): milliseconds per training step (forward + backward +
+optimizer step, MSE loss, input without gradient, square d x d map, float32) and the ratio to a plain
+``nn.Linear`` + Adam step at the same size; then the orthogonality drift ||G - I||_F (evaluated in float64)
+of the hard maps after many float32 steps (10^4 at d = 128, 10^3 at d = 1024 by default).
+
+Examples::
+
+    python benchmarks/bench_maps.py --quick                    # tiny sizes, seconds: checks that it runs
+    python benchmarks/bench_maps.py                            # the full table (minutes, use a quiet machine)
+    python benchmarks/bench_maps.py --d 1024 --B 1024 --steps 10 --maps linear lambda-exact ortho-retraction --no-drift
+
+Issue 2 targets (d = 1024): lambda-exact <= 2.0x at B = 1024 and <= 1.3x at B = 4096; lambda-randomized <= 1.2x at
+B = 1024; a hard map <= 2.5x, with drift <= 1e-5 after 1e4 steps at d = 128 and <= 5e-5 after 1e3 steps at d = 1024.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import relaxedortho as ro  # noqa: E402
+from relaxedortho._geoopt import geoopt  # noqa: E402
+
+LR = 1e-3
+
+
+def _adam(module):
+    return torch.optim.Adam(module.parameters(), lr=LR)
+
+
+def make_linear(d):
+    m = nn.Linear(d, d)
+    return m, _adam(m)
+
+
+def make_affine(d):
+    m = ro.AffineMap(d, d)
+    return m, _adam(m)
+
+
+def make_lambda_exact(d):
+    m = ro.LambdaOrthoLinear(d, d, lam=1.0)
+    return m, _adam(m)
+
+
+def make_lambda_randomized(d):
+    m = ro.LambdaOrthoLinear(d, d, lam=1.0, estimator="randomized")
+    return m, _adam(m)
+
+
+def make_ortho(method):
+    def make(d):
+        m = ro.OrthogonalLinear(d, d, method=method)
+        return m, _adam(m)
+    return make
+
+
+def make_stiefel(d):
+    m = ro.StiefelLinear(d, d)
+    return m, geoopt.optim.RiemannianAdam(m.parameters(), lr=ro.riemannian_lr(LR, d, d))
+
+
+def make_torch_orthogonal(d):
+    m = nn.Linear(d, d, bias=False)
+    nn.utils.parametrizations.orthogonal(m, "weight", orthogonal_map="cayley")
+    return m, _adam(m)
+
+
+def make_geotorch(d):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import geotorch
+    m = nn.Linear(d, d, bias=False)
+    geotorch.orthogonal(m, "weight")
+    return m, _adam(m)
+
+
+MAPS = {
+    "linear": make_linear,
+    "affine": make_affine,
+    "lambda-exact": make_lambda_exact,
+    "lambda-randomized": make_lambda_randomized,
+    "ortho-retraction": make_ortho("retraction"),
+    "ortho-cayley": make_ortho("cayley"),
+    "ortho-matrix_exp": make_ortho("matrix_exp"),
+    "ortho-householder": make_ortho("householder"),
+    "stiefel-radam": make_stiefel,
+    "torch-orthogonal-cayley": make_torch_orthogonal,
+    "geotorch-orthogonal": make_geotorch,
+}
+HARD = ["ortho-retraction", "ortho-cayley", "ortho-matrix_exp", "ortho-householder", "stiefel-radam",
+        "torch-orthogonal-cayley", "geotorch-orthogonal"]
+
+
+def weight_of(module) -> torch.Tensor:
+    return module.weight
+
+
+def step_fn(module, opt, x, y):
+    reg = getattr(module, "regularizer", None)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(module(x), y)
+        if reg is not None:
+            loss = loss + reg()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def time_step(name, d, batch, steps, warmup):
+    torch.manual_seed(0)
+    module, opt = MAPS[name](d)
+    x, y = torch.randn(batch, d), torch.randn(batch, d)
+    step = step_fn(module, opt, x, y)
+    for _ in range(warmup):
+        step()
+    best = math.inf
+    for _ in range(3):  # best of three repeats: the least disturbed by other processes
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return 1e3 * best
+
+
+def drift(name, d, steps, batch):
+    torch.manual_seed(0)
+    module, opt = MAPS[name](d)
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(d, d, generator=g) / math.sqrt(d)  # not orthogonal: the gradient never vanishes
+    for _ in range(steps):
+        x = torch.randn(batch, d, generator=g)
+        step_fn(module, opt, x, x @ target.T)()
+    with torch.no_grad():
+        return float(ro.linalg.orthogonality_error(weight_of(module).detach().double()))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d", type=int, nargs="+", default=[128, 512, 1024], help="map widths (square d x d)")
+    p.add_argument("--B", type=int, nargs="+", default=[1024, 4096], help="batch sizes")
+    p.add_argument("--maps", nargs="+", default=list(MAPS), choices=list(MAPS), help="maps to time")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-drift", action="store_true", help="skip the drift measurement")
+    p.add_argument("--drift-maps", nargs="+", default=HARD, choices=HARD)
+    p.add_argument("--drift", type=str, nargs="+", default=["128:10000", "1024:1000"],
+                   help="d:steps pairs for the drift measurement")
+    p.add_argument("--drift-batch", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (d=32, B=64, few steps): a smoke test")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.d, a.B, a.steps, a.warmup, a.drift, a.drift_batch = [32], [64], 3, 1, ["16:200"], 32
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    names = ["linear"] + [n for n in a.maps if n != "linear"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, Adam lr {LR} "
+          f"(RiemannianAdam at riemannian_lr)")
+    print(f"{'map':26s} {'d':>5s} {'B':>5s} {'ms/step':>9s} {'ratio':>7s}")
+    for d in a.d:
+        for batch in a.B:
+            base = None
+            for name in names:
+                ms = time_step(name, d, batch, a.steps, a.warmup)
+                base = ms if name == "linear" else base
+                print(f"{name:26s} {d:5d} {batch:5d} {ms:9.2f} {ms / base:6.2f}x", flush=True)
+    if not a.no_drift:
+        print(f"\ndrift ||G - I||_F (float64 evaluation) after float32 Adam steps, batch {a.drift_batch}")
+        print(f"{'map':26s} {'d':>5s} {'steps':>6s} {'drift':>10s}")
+        for spec in a.drift:
+            d, steps = (int(v) for v in spec.split(":"))
+            for name in a.drift_maps:
+                print(f"{name:26s} {d:5d} {steps:6d} {drift(name, d, steps, a.drift_batch):10.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

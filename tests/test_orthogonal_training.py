@@ -1,0 +1,135 @@
+"""Hard maps stay on their manifold during training, keep their determinant sign, and still learn;
+λ-orthogonal maps hold ||G - I||_F near λ."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import relaxedortho as ro
+from relaxedortho._geoopt import geoopt
+from relaxedortho.linalg import random_orthogonal
+from relaxedortho.testing import strategies as ros
+
+STEPS = 300
+HARD_VARIANTS = [("OrthogonalLinear", {"method": m}) for m in ("retraction", "cayley", "matrix_exp", "householder")] \
+    + [("StiefelLinear", {}), ("StiefelLinear", {"canonical": True})]
+
+
+def drift_tolerance(dtype, k, steps):
+    """Rounding of one re-projection is O(eps k); independent errors over ``steps`` steps add up like a
+    random walk (the retractions that do not re-project from scratch): 100 eps k sqrt(steps)."""
+    return 100 * torch.finfo(dtype).eps * max(k, 1) * math.sqrt(steps)
+
+
+def make_problem(shape, dtype, seed, w0):
+    """Paired data y = x W*^T with W* on the same connected component as ``w0`` (same det sign if square)."""
+    g = torch.Generator().manual_seed(seed + 1)  # not the seed of the map's initialisation
+    out_f, in_f = shape
+    if out_f == in_f:
+        rot = random_orthogonal(out_f, out_f, generator=g, dtype=torch.float64, special=True)
+        target = rot @ w0.double()
+    else:
+        target = random_orthogonal(out_f, in_f, generator=g, dtype=torch.float64)
+    x = torch.randn(64, in_f, generator=g, dtype=torch.float64)
+    return x.to(dtype), (x @ target.mT).to(dtype)
+
+
+def train(m, x, y, steps, lr=1e-2):
+    if isinstance(m, ro.StiefelLinear):
+        opt = geoopt.optim.RiemannianAdam(m.parameters(), lr=ro.riemannian_lr(lr, m.in_features, m.out_features))
+    else:
+        opt = torch.optim.Adam(m.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("variant", HARD_VARIANTS, ids=lambda v: v[0] + "-" + "-".join(map(str, v[1].values())))
+@pytest.mark.parametrize("kind", ros.SHAPE_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@settings(max_examples=2)
+@given(data=st.data())
+def test_hard_maps_stay_on_manifold_and_learn(variant, kind, dtype, data):
+    shape = data.draw(ros.shapes(kind, min_side=2, max_side=6), label="shape")
+    seed = data.draw(ros.seeds(), label="seed")
+    cls_name, kwargs = variant
+    torch.manual_seed(seed)
+    m = getattr(ro, cls_name)(shape[1], shape[0], dtype=dtype, **kwargs)
+    w0 = m.weight.detach().clone()
+    x, y = make_problem(shape, dtype, seed, w0)
+    losses = train(m, x, y, STEPS)
+    k = min(shape)
+    assert m.orthogonality_error() <= drift_tolerance(dtype, k, STEPS)
+    if shape[0] == shape[1]:
+        det0 = float(torch.linalg.det(w0.double()))
+        assert float(torch.linalg.det(m.weight.detach().double())) == pytest.approx(det0, abs=1e-3)
+    if shape[0] >= shape[1]:  # square/expanding: still an isometry after training
+        a = torch.randn(2, shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+        with torch.no_grad():
+            wa = m(a) - (0 if m.bias is None else m.bias)
+        t = drift_tolerance(dtype, k, STEPS) * float(a.norm(dim=1).prod() + 1)
+        assert abs(float(wa[0] @ wa[1]) - float(a[0] @ a[1])) <= t
+        assert abs(float(wa[0].norm()) - float(a[0].norm())) <= t
+    # it learns at Adam's usual learning rates
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("method", ["retraction", "cayley", "matrix_exp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_special_orthogonal_keeps_det_plus_one(method, dtype):
+    m = ro.OrthogonalLinear(5, 5, method=method, group="SO", dtype=dtype)
+    x, y = make_problem((5, 5), dtype, 0, m.weight.detach())
+    train(m, x, y, 100, lr=5e-2)
+    assert float(torch.linalg.det(m.weight.detach().double())) == pytest.approx(1.0, abs=1e-4)
+    assert m.orthogonality_error() <= drift_tolerance(dtype, 5, 100)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (24, 12), (12, 24)])
+def test_retraction_drift_many_float32_steps(shape):
+    """Long float32 run of the fast path: 2000 steps at a large learning rate, noisy targets."""
+    m = ro.OrthogonalLinear(shape[1], shape[0])
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-2)
+    for _ in range(2000):
+        x = torch.randn(32, shape[1], generator=g)
+        y = torch.randn(32, shape[0], generator=g)
+        opt.zero_grad()
+        nn.functional.mse_loss(m(x), y).backward()
+        opt.step()
+    assert m.orthogonality_error() <= 100 * torch.finfo(torch.float32).eps * min(shape)
+
+
+def test_retraction_reprojects_after_manual_edit():
+    m = ro.OrthogonalLinear(6, 6)
+    with torch.no_grad():
+        m.weight.add_(1e-3 * torch.randn(6, 6))
+    m(torch.randn(1, 6))  # the forward pre-hook re-projects a stale weight
+    assert m.orthogonality_error() < 1e-5
+
+
+@pytest.mark.parametrize("lam", [0.5, 2.0])
+def test_lambda_map_holds_deviation_near_lambda(lam):
+    """A target far from orthogonal (||G - I||_F = 3.3 for the free map): with a loss that pulls less than
+    the penalty's slope (MATH.md §2), training ends just below λ, within the gate's width (a few 1/α)."""
+    d, alpha = 4, 50.0
+    target = torch.diag(torch.tensor([2.0, 1.5, 1.0, 0.5]))
+    free_dev = float(torch.linalg.matrix_norm(target.T @ target - torch.eye(d)))
+    assert free_dev > lam + 1
+    torch.manual_seed(0)
+    m = ro.LambdaOrthoLinear(d, d, lam=lam, alpha=alpha, init="identity")
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(1500):
+        x = torch.randn(64, d, generator=g)
+        opt.zero_grad()
+        ((m(x) - x @ target.T).square().sum(1).mean() + m.regularizer()).backward()
+        opt.step()
+    assert lam - 8 / alpha <= m.orthogonality_error() <= lam + 1 / alpha
