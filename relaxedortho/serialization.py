@@ -84,6 +84,4 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
     else:
         raise ValueError(f"unknown map class {name!r} in {os.fspath(path)}")
     module.load_state_dict(state)
-    if hasattr(module, "_version"):
-        module._version = module.weight._version  # loaded values are exact: no re-projection
     return module

@@ -75,12 +75,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         for key, value in state["state"].get(pid, {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 optimizer.state[p][key] = value
-
-
-def mark_retracted(module: torch.nn.Module) -> None:
-    """Tell retraction-based :class:`~relaxedortho.OrthogonalLinear` maps that their loaded weights are
-    already on the manifold, so that the next forward pass does not re-project them (which would change
-    the last bits and break bitwise resume)."""
-    for m in module.modules():
-        if getattr(m, "method", None) == "retraction" and hasattr(m, "_retract_if_stale"):
-            m._version = m.weight._version

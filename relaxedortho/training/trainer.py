@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import check_nonnegative, check_positive
-from .checkpoint import load_checkpoint, load_optimizer_state, mark_retracted, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 from .data import RowArray, check_same_length, epoch_order
 from .distributed import is_distributed, rank_and_world, shard
 from .history import TrainHistory
@@ -316,7 +316,6 @@ class Trainer:
             raise ValueError(f"checkpoint {self.checkpoint} was written by a run with other settings "
                              f"({state['fingerprint']}) than this one ({fingerprint}); cannot resume exactly")
         self.module.load_state_dict(state["module"])
-        mark_retracted(self.module)
         load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -454,7 +453,6 @@ class Trainer:
                 pbar.close()
         if val is not None and early["best_state"] is not None and self.restore_best and self.early_stopping:
             self.module.load_state_dict(early["best_state"])
-            mark_retracted(self.module)
         if self.checkpoint is not None:
             self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
         self._call("on_train_end", self.history)
@@ -497,7 +495,6 @@ class Trainer:
         if self._last_good_step is not None:
             state = load_checkpoint(self.checkpoint, map_location=self.device)
             self.module.load_state_dict(state["module"])
-            mark_retracted(self.module)
             msg += (f" The last good checkpoint {self.checkpoint} (step {self._last_good_step}) is kept and its "
                     f"weights were loaded back into the module.")
         else:
