@@ -231,6 +231,18 @@ def _writable_dir(out: str | os.PathLike) -> str:
     return out
 
 
+def atomic_savefig(fig, path: str) -> None:
+    """Save a matplotlib figure as PNG through a temporary file and a rename (never a partial file)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _atomic_write_text(path: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path) or ".")
     try:
@@ -490,14 +502,7 @@ def _plot_tradeoff(report: dict, path: str) -> None:
     ax2.set_ylabel("‖AᵀA − I‖_F of B")
     ax2.set_title("Distance from orthogonality")
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.9, wspace=0.28)  # tight_layout is slow
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_savefig(fig, path)
 
 
 def _fmt(v, width=7) -> str:
