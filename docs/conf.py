@@ -121,7 +121,11 @@ EXTERNAL_PREFIXES = {
     "scipy.": "https://docs.scipy.org/doc/scipy/reference/generated/{name}.html",
     "geoopt.optim.": "https://geoopt.readthedocs.io/en/latest/optimizers.html#{name}",
     "geoopt.": "https://geoopt.readthedocs.io/en/latest/",
+    "sklearn.": "https://scikit-learn.org/stable/modules/generated/{name}.html",
 }
+# Standard-library modules named in our signatures and docstrings: one page per module.
+PYTHON_LIBRARY = "https://docs.python.org/3/library/"
+STDLIB_MODULES = ("collections.abc", "pathlib", "argparse", "os", "typing", "dataclasses", "json")
 
 
 def _external_url(target: str) -> str | None:
@@ -130,6 +134,9 @@ def _external_url(target: str) -> str | None:
     for prefix, pattern in EXTERNAL_PREFIXES.items():
         if target.startswith(prefix):
             return pattern.format(name=target)
+    for module in STDLIB_MODULES:
+        if target.startswith(module + "."):
+            return f"{PYTHON_LIBRARY}{module}.html#{target}"
     return None
 
 
@@ -149,6 +156,18 @@ def _our_object(env, target: str):
     return (found[0], objects[found[0]]) if len(found) == 1 else None
 
 
+def _our_package(env, target: str):
+    """The documented package of an undocumented submodule (``relaxedortho.closed_form.relaxed`` ->
+    ``relaxedortho.closed_form``, whose page section lists the submodule's public names), or None."""
+    objects = env.get_domain("py").objects
+    package = target.rpartition(".")[0]
+    while package.startswith("relaxedortho"):
+        if package in objects:
+            return package, objects[package]
+        package = package.rpartition(".")[0]
+    return None
+
+
 def _resolve_missing(app, env, node, contnode):
     from docutils import nodes
     from sphinx.util.nodes import make_refnode
@@ -161,12 +180,25 @@ def _resolve_missing(app, env, node, contnode):
         ref = nodes.reference("", "", internal=False, refuri=url, reftitle=target)
         ref.append(contnode)
         return ref
-    hit = _our_object(env, target)
+    hit = _our_package(env, target) if node.get("reftype") == "mod" else _our_object(env, target)
     if hit is None:
         return None
     fullname, entry = hit
     return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, fullname)
 
 
+def _drop_type_docstring(app, what, name, obj, options, lines):
+    """A constant without a ``#:`` comment (``KINDS = (...)``) would show its type's docstring ("Built-in
+    immutable sequence...") as its own: drop it (the reference gives the description in the page)."""
+    if what not in ("data", "attribute") or not lines:
+        return
+    type_doc = getattr(type(obj), "__doc__", None)
+    if isinstance(type_doc, str) and type_doc.strip():
+        words = [w for line in lines for w in line.split()]
+        if words == type_doc.split():
+            lines.clear()
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_missing)
+    app.connect("autodoc-process-docstring", _drop_type_docstring, priority=400)  # before napoleon
