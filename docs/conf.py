@@ -49,7 +49,6 @@ exclude_patterns = [
     "_build",
     "jupyter_execute",
     "**.ipynb_checkpoints",
-    "notebooks/drafts",  # drafts against modules not merged yet; never executed
     "notebooks/README.md",
     "api_pending.rst.txt",
 ]
@@ -87,7 +86,6 @@ nb_execution_mode = "cache"  # executed at build time (a fresh clone has an empt
 nb_execution_timeout = 180
 nb_execution_raise_on_error = True  # a failing cell fails the build
 nb_execution_show_tb = True
-nb_execution_excludepatterns = ["notebooks/drafts/*"]
 nb_merge_streams = True
 nb_kernel_rgx_aliases = {".*": "python3"}
 
