@@ -151,6 +151,10 @@ def _our_object(env, target: str):
     found = [c for c in exact if c in objects and c != target]
     if not found:
         found = [full for full in objects if full.startswith("relaxedortho.") and full.endswith("." + name)]
+    if not found and "." in name:  # a submodule path (``relaxedortho.training.trainer.default_retrieval_metric``)
+        last = name.rsplit(".", 1)[1]
+        found = [full for full in objects if full.startswith("relaxedortho.") and full.endswith("." + last)
+                 and objects[full].objtype != "module"]
     return (found[0], objects[found[0]]) if len(found) == 1 else None
 
 
