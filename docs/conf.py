@@ -112,6 +112,9 @@ EXTERNAL_PAGES = {
     "os.PathLike": "https://docs.python.org/3/library/os.html#os.PathLike",
     "geoopt.Stiefel": "https://geoopt.readthedocs.io/en/latest/manifolds.html#geoopt.manifolds.Stiefel",
     "geoopt.ManifoldParameter": "https://geoopt.readthedocs.io/en/latest/tensors.html#geoopt.tensor.ManifoldParameter",
+    # annotations written against ``from hypothesis import strategies as st``
+    "st.SearchStrategy": "https://hypothesis.readthedocs.io/en/latest/reference/strategies.html"
+                         "#hypothesis.strategies.SearchStrategy",
 }
 EXTERNAL_PREFIXES = {
     "torch.": TORCH_DOCS + "generated/{name}.html",
@@ -120,6 +123,7 @@ EXTERNAL_PREFIXES = {
     "geoopt.optim.": "https://geoopt.readthedocs.io/en/latest/optimizers.html#{name}",
     "geoopt.": "https://geoopt.readthedocs.io/en/latest/",
     "sklearn.": "https://scikit-learn.org/stable/modules/generated/{name}.html",
+    "hypothesis.": "https://hypothesis.readthedocs.io/en/latest/reference/strategies.html#{name}",
 }
 # Standard-library modules named in our signatures and docstrings: one page per module.
 PYTHON_LIBRARY = "https://docs.python.org/3/library/"
