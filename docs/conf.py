@@ -49,7 +49,6 @@ exclude_patterns = [
     "_build",
     "jupyter_execute",
     "**.ipynb_checkpoints",
-    "notebooks/drafts",  # drafts against modules not merged yet; never executed
     "notebooks/README.md",
     "api_pending.rst.txt",
 ]
@@ -87,7 +86,6 @@ nb_execution_mode = "cache"  # executed at build time (a fresh clone has an empt
 nb_execution_timeout = 180
 nb_execution_raise_on_error = True  # a failing cell fails the build
 nb_execution_show_tb = True
-nb_execution_excludepatterns = ["notebooks/drafts/*"]
 nb_merge_streams = True
 nb_kernel_rgx_aliases = {".*": "python3"}
 
@@ -114,6 +112,9 @@ EXTERNAL_PAGES = {
     "os.PathLike": "https://docs.python.org/3/library/os.html#os.PathLike",
     "geoopt.Stiefel": "https://geoopt.readthedocs.io/en/latest/manifolds.html#geoopt.manifolds.Stiefel",
     "geoopt.ManifoldParameter": "https://geoopt.readthedocs.io/en/latest/tensors.html#geoopt.tensor.ManifoldParameter",
+    # annotations written against ``from hypothesis import strategies as st``
+    "st.SearchStrategy": "https://hypothesis.readthedocs.io/en/latest/reference/strategies.html"
+                         "#hypothesis.strategies.SearchStrategy",
 }
 EXTERNAL_PREFIXES = {
     "torch.": TORCH_DOCS + "generated/{name}.html",
@@ -121,7 +122,12 @@ EXTERNAL_PREFIXES = {
     "scipy.": "https://docs.scipy.org/doc/scipy/reference/generated/{name}.html",
     "geoopt.optim.": "https://geoopt.readthedocs.io/en/latest/optimizers.html#{name}",
     "geoopt.": "https://geoopt.readthedocs.io/en/latest/",
+    "sklearn.": "https://scikit-learn.org/stable/modules/generated/{name}.html",
+    "hypothesis.": "https://hypothesis.readthedocs.io/en/latest/reference/strategies.html#{name}",
 }
+# Standard-library modules named in our signatures and docstrings: one page per module.
+PYTHON_LIBRARY = "https://docs.python.org/3/library/"
+STDLIB_MODULES = ("collections.abc", "pathlib", "argparse", "os", "typing", "dataclasses", "json")
 
 
 def _external_url(target: str) -> str | None:
@@ -130,6 +136,9 @@ def _external_url(target: str) -> str | None:
     for prefix, pattern in EXTERNAL_PREFIXES.items():
         if target.startswith(prefix):
             return pattern.format(name=target)
+    for module in STDLIB_MODULES:
+        if target.startswith(module + "."):
+            return f"{PYTHON_LIBRARY}{module}.html#{target}"
     return None
 
 
@@ -146,7 +155,23 @@ def _our_object(env, target: str):
     found = [c for c in exact if c in objects and c != target]
     if not found:
         found = [full for full in objects if full.startswith("relaxedortho.") and full.endswith("." + name)]
+    if not found and "." in name:  # a submodule path (``relaxedortho.training.trainer.default_retrieval_metric``)
+        last = name.rsplit(".", 1)[1]
+        found = [full for full in objects if full.startswith("relaxedortho.") and full.endswith("." + last)
+                 and objects[full].objtype != "module"]
     return (found[0], objects[found[0]]) if len(found) == 1 else None
+
+
+def _our_package(env, target: str):
+    """The documented package of an undocumented submodule (``relaxedortho.closed_form.relaxed`` ->
+    ``relaxedortho.closed_form``, whose page section lists the submodule's public names), or None."""
+    objects = env.get_domain("py").objects
+    package = target.rpartition(".")[0]
+    while package.startswith("relaxedortho"):
+        if package in objects:
+            return package, objects[package]
+        package = package.rpartition(".")[0]
+    return None
 
 
 def _resolve_missing(app, env, node, contnode):
@@ -161,12 +186,25 @@ def _resolve_missing(app, env, node, contnode):
         ref = nodes.reference("", "", internal=False, refuri=url, reftitle=target)
         ref.append(contnode)
         return ref
-    hit = _our_object(env, target)
+    hit = _our_package(env, target) if node.get("reftype") == "mod" else _our_object(env, target)
     if hit is None:
         return None
     fullname, entry = hit
     return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, fullname)
 
 
+def _drop_type_docstring(app, what, name, obj, options, lines):
+    """A constant without a ``#:`` comment (``KINDS = (...)``) would show its type's docstring ("Built-in
+    immutable sequence...") as its own: drop it (the reference gives the description in the page)."""
+    if what not in ("data", "attribute") or not lines:
+        return
+    type_doc = getattr(type(obj), "__doc__", None)
+    if isinstance(type_doc, str) and type_doc.strip():
+        words = [w for line in lines for w in line.split()]
+        if words == type_doc.split():
+            lines.clear()
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_missing)
+    app.connect("autodoc-process-docstring", _drop_type_docstring, priority=400)  # before napoleon

@@ -316,8 +316,12 @@ def retrieval_report(query: Any, gallery: Any, query_labels: Any, gallery_labels
     compute_map
         Also compute mAP (one ``searchsorted`` per chunk more).
 
+    Notes
+    -----
     See the module docstring for the formulas and the pessimistic tie rule.
 
+    Examples
+    --------
     >>> r = retrieval_report([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]],
     ...                      [0, 0, 1], [0, 0, 1], topk=1, leave_one_out=True)
     >>> (r.cmc, r.map, r.n_evaluated, r.n_without_relevant)
@@ -411,8 +415,13 @@ def compatibility_matrix(query_features: Sequence[Any], gallery_features: Sequen
     lower_only
         Compute only :math:`i \ge j` (new queries against older galleries); the rest is ``nan``.
 
-    Returns a ``(T, T)`` float64 NumPy array.
+    Returns
+    -------
+    numpy.ndarray
+        A ``(T, T)`` float64 array.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> f = np.eye(3)
     >>> compatibility_matrix([f, f], [f, -f], [0, 1, 2], [0, 1, 2])
