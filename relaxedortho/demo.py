@@ -74,7 +74,7 @@ class DemoConfig:
     map_epochs: int = 60
     map_lr: float = 1e-2
     map_batch: int = 256
-    train_fraction: float = 0.6     #: share of images for the models and the maps (rest: query + gallery)
+    train_fraction: float = 0.6     #: share of images for the models and the maps; the rest is split into query and gallery
     query_fraction: float = 0.3     #: share of the held-out images used as queries
     max_train: int | None = None    #: cap on training images (Fashion-MNIST)
     max_eval: int | None = None     #: cap on held-out images (Fashion-MNIST)
@@ -84,8 +84,8 @@ class DemoConfig:
     #: start every trained backward map at the closed-form Procrustes map (else a random orthogonal matrix)
     warm_start: bool = True
     old_classes: tuple = field(default_factory=tuple)
-    #: CPU threads while the demo runs (the digits matrices are tiny: one thread avoids the synchronisation
-    #: overhead, which dominates on a busy machine); ``None`` keeps PyTorch's setting.
+    #: CPU threads while the demo runs. The digits matrices are tiny, so one thread avoids the synchronisation
+    #: overhead, which dominates on a busy machine; ``None`` keeps PyTorch's setting.
     cpu_threads: int | None = 1
 
 

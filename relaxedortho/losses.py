@@ -123,6 +123,8 @@ def supervised_contrastive(a: torch.Tensor, b: torch.Tensor, labels_a: Any = Non
         Optional callable applied to ``a``, ``b`` and the labels before the similarities (e.g.
         :func:`gather_with_grad` under DDP), so every process sees the global batch.
 
+    Examples
+    --------
     >>> import torch
     >>> x = torch.eye(3)
     >>> bool(supervised_contrastive(x, x, temperature=0.1) < supervised_contrastive(x, x.roll(1, 0), temperature=0.1))
@@ -195,6 +197,8 @@ def influence_loss(new_features_mapped: torch.Tensor, labels: Any, old_classifie
     reduction
         ``"mean"`` or ``"sum"`` over samples.
 
+    Examples
+    --------
     >>> import torch
     >>> w = torch.eye(2)
     >>> round(float(influence_loss(torch.tensor([[10.0, 0.0]]), torch.tensor([0]), w)), 6)

@@ -615,6 +615,8 @@ def backfilling_curve(query: Any, old_gallery: Any, new_gallery: Any, query_labe
     metric
         As in :func:`compatibility_matrix`.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> q = np.eye(2)
     >>> c = backfilling_curve(q, -q, q, [0, 1], [0, 1], order=[0, 1], fractions=[0, 0.5, 1])

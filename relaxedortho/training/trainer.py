@@ -120,8 +120,9 @@ class Trainer:
             ``trainer`` argument).
 
     Raises:
-        ValueError / TypeError: bad data (length mismatch, NaN/Inf, non-float, dimension mismatch with the
-            map) or options, before any training step.
+        ValueError: bad data (length mismatch, NaN/Inf, dimension mismatch with the map) or options, before
+            any training step.
+        TypeError: non-float data or an argument of the wrong type, before any training step.
         NonFiniteLossError: the loss became NaN/Inf; the message names the step. A checkpoint file is never
             overwritten with weights from after that step, and its weights are loaded back into ``module``.
     """
