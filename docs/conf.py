@@ -50,7 +50,6 @@ exclude_patterns = [
     "jupyter_execute",
     "**.ipynb_checkpoints",
     "notebooks/README.md",
-    "api_pending.rst.txt",
 ]
 templates_path: list[str] = []
 nitpicky = False

@@ -240,6 +240,7 @@ def _loo_retrieval(A, B, labels, limit: int = 2000) -> dict:
 
 
 def cmd_fit(args) -> int:
+    """``relaxedortho fit``: fit a map between two feature files and save it; returns the exit status."""
     import torch
 
     from .serialization import save
@@ -283,6 +284,7 @@ def cmd_fit(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
+    """``relaxedortho eval``: retrieval and compatibility metrics of a saved map; returns the exit status."""
     import torch
 
     from .data import load_features, load_labels
@@ -372,6 +374,7 @@ def _gram_distortion(A, B) -> float:
 
 
 def cmd_sweep(args) -> int:
+    """``relaxedortho sweep``: a λ sweep with a JSON table and a plot; returns the exit status."""
     import numpy as np
     import torch
 
@@ -467,6 +470,7 @@ def _plot_sweep(report: dict, path: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- demos
 def cmd_demo(args) -> int:
+    """``relaxedortho demo``: run :func:`relaxedortho.demo.run_demo` and print its table."""
     from .demo import format_table, run_demo
 
     report = run_demo(args.out, dataset=args.dataset, data_dir=args.data_dir, device=args.device, seed=args.seed,
@@ -478,6 +482,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_transfer_demo(args) -> int:
+    """``relaxedortho transfer-demo``: run :func:`relaxedortho.transfer.run_transfer_demo`."""
     try:
         from .transfer import run_transfer_demo
     except ModuleNotFoundError as exc:
@@ -569,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", formatter_class=_Formatter, help="fit a map between two feature files and save it",
         description=(
             "Fit a map B with B(source_i) ≈ target_i (row i of both files describes the same item), minimising\n"
-            "the mean over pairs of ||B(x_i) - y_i||^2, and save it with relaxedortho.save (load it back with\n"
+            "the squared error ||B(X) - Y||_F^2 (closed forms; trained maps: its element-wise mean plus the map's\n"
+            "regularizer, as relaxedortho.fit_alignment does), and save it with relaxedortho.save (load it back with\n"
             "relaxedortho.load; the loaded map gives identical outputs). Typical use: source = new-model\n"
             "embeddings, target = old-model embeddings, B = backward map.\n\n"
             "kinds and solvers:\n"
