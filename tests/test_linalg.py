@@ -103,3 +103,26 @@ def test_semi_identity_and_tall(shape, dtype):
     assert float(linalg.orthogonality_error(e)) == 0.0
     t = linalg.tall(e)
     assert t.shape[0] >= t.shape[1]
+
+
+@given(ros.orthogonal_matrices(), ros.seeds(), st.floats(1e-3, 0.1))
+def test_third_order_newton_schulz_converges_cubically(q, seed, size):
+    q = q.double()
+    noise = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = q + size * noise / max(float(torch.linalg.matrix_norm(noise, 2)), 1e-12)
+    e0 = float(linalg.orthogonality_error(x))
+    e1 = float(linalg.orthogonality_error(linalg.newton_schulz_polar(x, steps=1, order=2)))
+    # sigma -> sigma (15 - 10 sigma^2 + 3 sigma^4) / 8 maps 1 + e to 1 + O(e^3); (5/16) e^3 per singular value
+    assert e1 <= 1.0 * e0**3 + 1e-13
+    x2 = linalg.newton_schulz_polar(x, steps=3, order=2)
+    assert float(torch.linalg.matrix_norm(x2 - linalg.polar(x))) <= 1e-10
+
+
+def test_newton_schulz_tol_stops_early_and_order_is_checked():
+    x = torch.eye(6, 4, dtype=torch.float64) * (1 + 1e-9)
+    # starting error ~ 4e-9 <= tol: exactly one iteration is made, to float64 rounding
+    y = linalg.newton_schulz_polar(x, steps=50, order=2, tol=1e-5)
+    assert torch.equal(y, linalg.newton_schulz_polar(x, steps=1, order=2))
+    assert float(linalg.orthogonality_error(y)) < 1e-14
+    with pytest.raises(ValueError, match="order"):
+        linalg.newton_schulz_polar(x, order=3)
