@@ -44,10 +44,6 @@ from .base import AlignmentMap, check_dtype, check_orthonormal, initial_weight
 
 METHODS = ("retraction", "cayley", "matrix_exp", "householder")
 
-#: Largest starting error ||X^T X - I||_F for which one third-order Newton–Schulz iteration leaves
-#: (5/16) e^3 below the dtype's rounding (float32 ~1e-6, float64 ~1e-15).
-_ADAPTIVE_TOL = {torch.float32: 1.5e-2, torch.float64: 1.5e-5}
-
 _RETRACTED: "weakref.WeakSet[OrthogonalLinear]" = weakref.WeakSet()
 _GLOBAL_HOOK = None
 
@@ -90,11 +86,10 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         init: ``"orthogonal"`` (default, Haar random), ``"identity"`` or an orthonormal ``out x in`` matrix.
         ns_steps: third-order Newton–Schulz iterations per retraction (``"retraction"`` only;
             :func:`~relaxedortho.linalg.newton_schulz_polar` with ``order=2``, three products each). Default
-            ``None``: adaptive — iterate until the error :math:`e` before an iteration is small enough that the
-            iteration leaves about :math:`\tfrac{5}{16}e^3` below the dtype's rounding (:math:`e \le 0.015` in
-            float32, :math:`1.5\cdot10^{-5}` in float64): one iteration at Adam's usual learning rates in
-            float32, two or three in float64. This reads one scalar per step (a synchronisation on a GPU); an
-            integer fixes the count instead.
+            ``None``: adaptive — stop after the first iteration whose predicted error
+            :math:`\tfrac{5}{16}\lVert E\rVert_2^2\lVert E\rVert_F` is at the dtype's rounding level
+            (:math:`2\varepsilon\sqrt{k}`): one iteration at Adam's usual learning rates in float32, two or three
+            in float64. This reads one scalar per step (a synchronisation on a GPU); an integer fixes the count.
         project_gradient: project the gradient on the tangent space before the optimizer sees it
             (``"retraction"`` only; default ``True``). With Adam the update is then nearly tangent, so the
             re-projection error is second order.
@@ -161,8 +156,9 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         p = self.weight
         if p._version != self._version:
             with torch.autocast(device_type=p.device.type, enabled=False):
-                if self.ns_steps is None:  # adaptive: stop once the next error is below rounding
-                    tol = _ADAPTIVE_TOL[torch.float64 if p.dtype == torch.float64 else torch.float32]
+                if self.ns_steps is None:  # adaptive: stop once the predicted error is at rounding level
+                    eps = torch.finfo(torch.float64 if p.dtype == torch.float64 else torch.float32).eps
+                    tol = 2.0 * eps * min(p.shape) ** 0.5
                     p.copy_(newton_schulz_polar(p, 8, order=2, tol=tol))
                 else:
                     p.copy_(newton_schulz_polar(p, self.ns_steps, order=2))
