@@ -13,7 +13,8 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
    * - ``"retraction"``
      - plain parameter; after each optimizer step a tangent-projected update is re-projected by
        Newton–Schulz (the fast default)
-     - one third-order Newton–Schulz iteration (three products) plus one tangent projection (two)
+     - third-order Newton–Schulz iterations (three products each; one or two in float32, adaptive) plus
+       one tangent projection (two products)
    * - ``"cayley"``
      - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
      - ~3 n³, n×n solve
