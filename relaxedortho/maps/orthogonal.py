@@ -93,7 +93,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             in float64. This reads one scalar per step (a synchronisation on a GPU); an integer fixes the count.
         project_gradient: project the gradient on the tangent space before the optimizer sees it
             (``"retraction"`` only; default ``True``; two products). It keeps the normal component out of Adam's
-            moment estimates: without it a 1024-d map trained 10³ steps at lr 1e-3 reached a loss of 0.397
+            moment estimates: without it a 128-d map trained 10⁴ steps at lr 1e-3 reached a loss of 0.397
             instead of 0.308 (Procrustes optimum 0.307).
         device, dtype: factory arguments.
 
