@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -101,10 +100,10 @@ def _check_output_file(path: str) -> str:
         raise CLIError(f"output {path} is a folder; give a file name")
     if not os.path.isdir(folder):
         raise CLIError(f"output folder {folder} does not exist")
+    from .demo import probe_writable
+
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
+        probe_writable(folder)
     except OSError as exc:
         raise CLIError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
     return path

@@ -223,12 +223,17 @@ def _writable_dir(out: str | os.PathLike) -> str:
     out = os.fspath(out)
     try:
         os.makedirs(out, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
-        os.close(fd)
-        os.remove(probe)
+        probe_writable(out)
     except OSError as exc:
         raise OSError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
     return out
+
+
+def probe_writable(folder: str) -> None:
+    """Create and remove a temporary file in ``folder``; raises :class:`OSError` when it cannot be written."""
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    os.close(fd)
+    os.remove(probe)
 
 
 def atomic_savefig(fig, path: str) -> None:

@@ -83,6 +83,16 @@ def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
         p.requires_grad_(False)
     params = [p for p in map_params.values() if p.requires_grad]
     opt = _optimizer(params, lr, maps)
+    try:
+        return _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator,
+                                    extra=lambda: sum(u.regularizer() for u in maps) / len(maps))
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
+def _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator, extra=None) -> list[float]:
+    """``steps`` optimizer steps on cross-entropy (plus ``extra()``), model in training mode; the losses."""
     was_training = model.training
     model.train()
     history = []
@@ -90,14 +100,13 @@ def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
         for _ in range(steps):
             xb, yb = _batch(inputs, labels, batch_size, generator)
             opt.zero_grad(set_to_none=True)
-            reg = sum(u.regularizer() for u in maps) / len(maps)
-            loss = F.cross_entropy(model(xb), yb) + reg
+            loss = F.cross_entropy(model(xb), yb)
+            if extra is not None:
+                loss = loss + extra()
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
     finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
         model.train(was_training)
     return history
 
@@ -119,17 +128,4 @@ def finetune_few_shot(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     _check_data(inputs, labels, model)
     steps = _steps(steps)
     opt = torch.optim.Adam(model.parameters(), lr=check_positive(lr, "lr"))
-    was_training = model.training
-    model.train()
-    history = []
-    try:
-        for _ in range(steps):
-            xb, yb = _batch(inputs, labels, batch_size, generator)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-    finally:
-        model.train(was_training)
-    return history
+    return _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator)

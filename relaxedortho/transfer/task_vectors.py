@@ -43,17 +43,10 @@ def check_same_layout(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
         ...
         ValueError: src and tgt do not match: keys only in tgt: ['v']; shape mismatch: w: (2,) in src vs (3,) in tgt
     """
-    only_a = sorted(set(a) - set(b))
     only_b = sorted(set(b) - set(a))
-    shapes = [f"{k}: {tuple(a[k].shape)} in {names[0]} vs {tuple(b[k].shape)} in {names[1]}"
-              for k in sorted(set(a) & set(b)) if a[k].shape != b[k].shape]
-    problems = []
-    if only_a:
-        problems.append(f"keys only in {names[0]}: {only_a}")
+    problems = _layout_problems(a, b, names, f"keys only in {names[0]}")
     if only_b:
-        problems.append(f"keys only in {names[1]}: {only_b}")
-    if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes))
+        problems.insert(1 if set(a) - set(b) else 0, f"keys only in {names[1]}: {only_b}")
     if problems:
         raise ValueError(f"{names[0]} and {names[1]} do not match: " + "; ".join(problems))
 
@@ -107,13 +100,18 @@ def apply_task_vector(model: nn.Module, tau: Mapping[str, torch.Tensor], scale: 
 def check_subset(part: Mapping[str, torch.Tensor], whole: Mapping[str, torch.Tensor],
                  names: tuple[str, str]) -> None:
     """Raise :class:`ValueError` listing keys of ``part`` missing from ``whole`` and keys whose shapes differ."""
-    missing = sorted(set(part) - set(whole))
-    shapes = [f"{k}: {tuple(part[k].shape)} in {names[0]} vs {tuple(whole[k].shape)} in {names[1]}"
-              for k in sorted(set(part) & set(whole)) if part[k].shape != whole[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"keys of {names[0]} missing from {names[1]}: {missing}")
-    if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes))
+    problems = _layout_problems(part, whole, names, f"keys of {names[0]} missing from {names[1]}")
     if problems:
         raise ValueError(f"{names[0]} does not fit {names[1]}: " + "; ".join(problems))
+
+
+def _layout_problems(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], names: tuple[str, str],
+                     missing_label: str) -> list[str]:
+    """Messages for keys of ``a`` absent from ``b`` and for shared keys whose shapes differ."""
+    missing = sorted(set(a) - set(b))
+    shapes = [f"{k}: {tuple(a[k].shape)} in {names[0]} vs {tuple(b[k].shape)} in {names[1]}"
+              for k in sorted(set(a) & set(b)) if a[k].shape != b[k].shape]
+    problems = [f"{missing_label}: {missing}"] if missing else []
+    if shapes:
+        problems.append("shape mismatch: " + "; ".join(shapes))
+    return problems
