@@ -89,6 +89,7 @@ MAPS = {
     "affine": make_affine,
     "lambda-exact": make_lambda_exact,
     "lambda-randomized": make_lambda_randomized,
+    "ortho-trivialization": make_ortho("trivialization"),
     "ortho-retraction": make_ortho("retraction"),
     "ortho-cayley": make_ortho("cayley"),
     "ortho-matrix_exp": make_ortho("matrix_exp"),
@@ -97,7 +98,7 @@ MAPS = {
     "torch-orthogonal-cayley": make_torch_orthogonal,
     "geotorch-orthogonal": make_geotorch,
 }
-HARD = ["ortho-retraction", "ortho-cayley", "ortho-matrix_exp", "ortho-householder", "stiefel-radam",
+HARD = ["ortho-trivialization", "ortho-retraction", "ortho-cayley", "ortho-matrix_exp", "ortho-householder", "stiefel-radam",
         "torch-orthogonal-cayley", "geotorch-orthogonal"]
 
 

@@ -96,14 +96,82 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
 
 def _predicted_error(e: torch.Tensor, order: int) -> float:
     """Bound on ||E'||_F after one iteration of the given order from E (symmetric): c ||E||_2^order ||E||_F."""
-    k = e.shape[-1]
-    v = torch.cos(torch.arange(k, dtype=e.dtype, device=e.device) * 0.7 + 0.3).unsqueeze(-1)  # fixed start
-    for _ in range(4):
-        v = e @ v
-        v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(e.dtype).tiny)
-    spectral = 2.0 * torch.linalg.vector_norm(e @ v)
+    spectral = 2.0 * spectral_norm_estimate(e)
     c = 0.75 if order == 1 else 5.0 / 16.0
     return float(c * spectral ** order * torch.linalg.vector_norm(e))
+
+
+def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor:
+    r"""Estimate of :math:`\lVert M\rVert_2` (a 0-d tensor) by ``iters`` power iterations on :math:`M^\top M`.
+
+    Starts from a fixed vector (deterministic, identical on every process), costs ``2 * iters + 1`` matrix-vector
+    products and never synchronises. The estimate is a lower bound (a Rayleigh quotient) that approaches the
+    norm from below; callers that need an upper bound multiply it by a safety factor.
+
+    Example:
+        >>> m = torch.diag(torch.tensor([3.0, 1.0, 0.5]))
+        >>> round(float(spectral_norm_estimate(m)), 4)
+        3.0
+    """
+    k = matrix.shape[-1]
+    v = torch.cos(torch.arange(k, dtype=matrix.dtype, device=matrix.device) * 0.7 + 0.3).unsqueeze(-1)
+    tiny = torch.finfo(matrix.dtype).tiny
+    for _ in range(iters):
+        v = matrix.mT @ (matrix @ v)
+        v = v / torch.linalg.vector_norm(v).clamp_min(tiny)
+    return torch.linalg.vector_norm(matrix @ v)
+
+
+#: Safety factor on the power-iteration estimate of ||A||_2 in :func:`skew_retraction`.
+SKEW_NORM_SAFETY = 1.5
+
+
+def skew_retraction(weight: torch.Tensor, skew: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    r"""Rotate ``weight`` (``n x k``) by the orthogonal matrix :math:`R(A)` that a skew-symmetric ``skew`` = :math:`A`
+    (``n x n``) generates: returns :math:`R(A)\,W`, a retraction on :math:`O(n)` in the direction :math:`AW`.
+
+    Two maps :math:`R`, chosen per call from the size of :math:`A`:
+
+    - the cubic :math:`R(A) = I + A + \tfrac12 A^2 + \tfrac18 A^3` (three fused products, Horner's rule:
+      :math:`W + A(W + A(\tfrac12 W + \tfrac18 AW))`). For skew :math:`A`, :math:`R(A)^\top R(A) = I - \tfrac1{64} A^6` exactly (even part
+      :math:`I + A^2/2`, odd part :math:`A + A^3/8`), so it is orthogonal to rounding whenever
+      :math:`\lVert A\rVert_2^6 / 64` is below the dtype's epsilon. It agrees with the Cayley transform and
+      with :math:`\exp(A)` to second order. Used when :math:`1.5\times` a power-iteration estimate of
+      :math:`\lVert A\rVert_2` meets that bound: :math:`\lVert A\rVert_2 \lesssim 0.094` in float32 (Adam steps at
+      lr 1e-3 up to d ≈ 2000), :math:`\lesssim 0.0033` in float64;
+    - otherwise the Cayley transform :math:`(I - A/2)^{-1}(I + A/2)` (MATH.md §4), exactly orthogonal for every
+      skew :math:`A`, evaluated as :math:`W + (I - A/2)^{-1}(AW)` (one product and one solve).
+
+    Both update ``W`` by an increment computed on its own, so rounding errors scale with the step, not with
+    ``W``: evaluating :math:`2(I - A/2)^{-1}W - W` instead grows :math:`\lVert G - I\rVert_F` by about
+    :math:`2\cdot10^{-6}` per float32 step at n = 128 (measured), a bias the increment form does not have.
+    Deciding between the two reads one scalar (a device synchronisation on a GPU). With ``inplace=True`` the
+    result is written into ``weight`` (2-d only), which is returned.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.1], [-0.1, 0.0]], dtype=torch.float64)
+        >>> r = skew_retraction(torch.eye(2, dtype=torch.float64), a)
+        >>> bool(torch.allclose(r.T @ r, torch.eye(2, dtype=torch.float64), atol=1e-15))
+        True
+    """
+    n = weight.shape[-2]
+    if skew.shape[-2:] != (n, n):
+        raise ValueError(f"skew must be {n} x {n} for a weight with {n} rows, got {tuple(skew.shape)}")
+    if inplace and (weight.ndim != 2 or skew.ndim != 2):
+        raise ValueError("inplace=True needs 2-d weight and skew")
+    eps = torch.finfo(weight.dtype).eps
+    bound = SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew))
+    out = weight if inplace else weight.clone()
+    if bound ** 6 / 64.0 <= eps:
+        if weight.ndim == 2 and skew.ndim == 2:
+            inner = torch.addmm(weight, skew, weight, beta=0.5, alpha=0.125)  # W/2 + AW/8
+            inner = torch.addmm(weight, skew, inner)                         # W + A(...)
+            return out.addmm_(skew, inner)                                   # W + A(...): the increment form
+        inner = 0.5 * weight + 0.125 * (skew @ weight)
+        inner = weight + skew @ inner
+        return out.add_(skew @ inner)
+    m = torch.eye(n, dtype=skew.dtype, device=skew.device).sub_(skew, alpha=0.5)
+    return out.add_(torch.linalg.solve(m, skew @ weight))
 
 
 def random_orthogonal(out_features: int, in_features: int, *, generator: torch.Generator | None = None,

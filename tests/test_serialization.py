@@ -22,7 +22,7 @@ tmp_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixtu
 
 def build(variant, shape, dtype, bias):
     cls_name, kwargs = VARIANTS[variant]
-    if kwargs.get("group") == "SO":
+    if kwargs.get("group") == "SO" or variant in ros.SQUARE_ONLY:
         shape = (shape[0], shape[0])
     return getattr(ro, cls_name)(shape[1], shape[0], bias=bias, dtype=dtype, **kwargs)
 

@@ -83,7 +83,7 @@ def test_stiefel_gets_riemannian_adam_at_scaled_lr_and_no_decay_on_orthogonal_fa
     assert free[0]["params"][0] is st.bias and free[0]["weight_decay"] == 0.1
     orth = ro.OrthogonalLinear(5, 5, bias=True)
     groups = {g["name"]: g for g in parameter_groups(orth, 1e-3, weight_decay=0.1)}
-    assert groups["orthogonal"]["params"] == [orth.weight] and groups["orthogonal"]["weight_decay"] == 0.0
+    assert groups["orthogonal"]["params"] == [orth.generator] and groups["orthogonal"]["weight_decay"] == 0.0
     assert groups["free"]["params"] == [orth.bias]
     assert type(make_optimizer(orth, 1e-3)) is torch.optim.Adam
 

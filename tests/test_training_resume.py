@@ -34,13 +34,15 @@ MAPS = {
     "lambda-randomized": lambda: ro.LambdaOrthoLinear(6, 5, lam=0.4, estimator="randomized", num_probes=4),
     "lambda-exact": lambda: ro.LambdaOrthoLinear(6, 5, lam=0.4),
     "orthogonal-retraction": lambda: ro.OrthogonalLinear(6, 5, bias=True),
+    # square (5 -> 5); polishing every 3 folds puts polishes before and after the checkpoint
+    "orthogonal-trivialization": lambda: ro.OrthogonalLinear(5, 5, bias=True, polish_every=3),
     "stiefel": lambda: ro.StiefelLinear(6, 5, bias=True),
 }
 
 
 @pytest.mark.parametrize("name", list(MAPS))
 def test_resume_is_bitwise_exact(tmp_path, name):
-    X, Y = data()
+    X, Y = data(p=5) if name == "orthogonal-trivialization" else data()
     opts = dict(epochs=3, batch_size=16, lr=0.02, seed=11, weight_decay=1e-3, clip_grad_norm=5.0,
                 val=(X[:20], Y[:20]), metric=lambda a, b, lab: -float((a - b).pow(2).mean()), **FAST)
     torch.manual_seed(0)

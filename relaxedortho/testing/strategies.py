@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from ..linalg import random_orthogonal
 
 __all__ = ["SHAPE_KINDS", "seeds", "float_dtypes", "shapes", "leading_shapes", "matrices", "orthogonal_matrices",
-           "signed_permutations", "map_kwargs", "maps", "dtype_tolerance"]
+           "signed_permutations", "MAP_VARIANTS", "SQUARE_ONLY", "map_kwargs", "maps", "dtype_tolerance"]
 
 #: The three kinds of map shape: square, tall (``out > in``, expanding) and wide (``out < in``, compressing).
 SHAPE_KINDS = ("square", "tall", "wide")
@@ -157,6 +157,7 @@ MAP_VARIANTS: dict[str, tuple[str, dict]] = {
     "lambda-exact": ("LambdaOrthoLinear", {"lam": 0.5}),
     "lambda-randomized": ("LambdaOrthoLinear", {"lam": 0.5, "estimator": "randomized", "num_probes": 4}),
     "lambda-inf": ("LambdaOrthoLinear", {"lam": math.inf}),
+    "orthogonal-trivialization": ("OrthogonalLinear", {"method": "trivialization"}),
     "orthogonal-retraction": ("OrthogonalLinear", {"method": "retraction"}),
     "orthogonal-cayley": ("OrthogonalLinear", {"method": "cayley"}),
     "orthogonal-matrix_exp": ("OrthogonalLinear", {"method": "matrix_exp"}),
@@ -166,13 +167,22 @@ MAP_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def map_kwargs(variants: Sequence[str] | None = None) -> st.SearchStrategy[tuple[str, dict]]:
-    """``(class name, constructor kwargs)`` of the map variants in :data:`MAP_VARIANTS` (all by default)."""
+#: Variants of :data:`MAP_VARIANTS` that exist for square maps only.
+SQUARE_ONLY: frozenset[str] = frozenset({"orthogonal-trivialization"})
+
+
+def _variant_names(variants: Sequence[str] | None) -> list[str]:
     names = list(MAP_VARIANTS) if variants is None else list(variants)
     for n in names:
         if n not in MAP_VARIANTS:
             raise ValueError(f"unknown map variant {n!r}; choose among {list(MAP_VARIANTS)}")
-    return st.sampled_from([MAP_VARIANTS[n] for n in names])
+    return names
+
+
+def map_kwargs(variants: Sequence[str] | None = None) -> st.SearchStrategy[tuple[str, dict]]:
+    """``(class name, constructor kwargs)`` of the map variants in :data:`MAP_VARIANTS` (all by default; those
+    of :data:`SQUARE_ONLY` need a square shape)."""
+    return st.sampled_from([MAP_VARIANTS[n] for n in _variant_names(variants)])
 
 
 @st.composite
@@ -182,14 +192,21 @@ def maps(draw, variants: Sequence[str] | None = None, shape: tuple[int, int] | s
     perturbed by a random bias when it has one.
 
     Args:
-        variants: names from :data:`MAP_VARIANTS`.
+        variants: names from :data:`MAP_VARIANTS`; those of :data:`SQUARE_ONLY` are drawn only with square shapes
+            (the default shape strategy draws square shapes when every variant asked for is square-only).
         shape, dtype: fixed values or strategies (default :func:`shapes` and :func:`float_dtypes`).
         bias: force a bias on/off (default: drawn).
     """
     import relaxedortho as ro
 
-    cls_name, kwargs = draw(map_kwargs(variants))
-    shape = draw(shape if isinstance(shape, st.SearchStrategy) else st.just(shape) if shape else shapes())
+    names = _variant_names(variants)
+    if shape is None:
+        shape = shapes("square") if all(n in SQUARE_ONLY for n in names) else shapes()
+    shape = draw(shape if isinstance(shape, st.SearchStrategy) else st.just(shape))
+    compatible = [n for n in names if shape[0] == shape[1] or n not in SQUARE_ONLY]
+    if not compatible:
+        raise ValueError(f"map variants {names} need a square shape, got {tuple(shape)}")
+    cls_name, kwargs = MAP_VARIANTS[draw(st.sampled_from(compatible))]
     dtype = draw(dtype if isinstance(dtype, st.SearchStrategy) else st.just(dtype) if dtype else float_dtypes())
     has_bias = draw(st.booleans()) if bias is None else bias
     g = _generator(draw(seeds()))
