@@ -2,7 +2,8 @@
 
 The spectrum, one interface (:class:`~relaxedortho.maps.AlignmentMap`):
 
-- hard: :class:`OrthogonalLinear` (PyTorch parametrizations or a fast retraction), :class:`StiefelLinear` (geoopt);
+- hard: :class:`OrthogonalLinear` (a dynamic trivialization, a retraction, or PyTorch parametrizations),
+  :class:`StiefelLinear` (geoopt);
 - relaxed: :class:`LambdaOrthoLinear` (λ-orthogonality, Ricci et al. NeurIPS 2025);
 - free: :class:`AffineMap`.
 """

@@ -579,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
             "embeddings, target = old-model embeddings, B = backward map.\n\n"
             "kinds and solvers:\n"
             "  orthogonal  closed: Procrustes W = U V^T of X^T Y = U S V^T (Schönemann 1966); with --bias the data\n"
-            "              are centred and the target mean added. trained: OrthogonalLinear (Adam + retraction).\n"
+            "              are centred and the target mean added. trained: OrthogonalLinear (Adam; its default method).\n"
             "  lambda      trained only: LambdaOrthoLinear, penalty sigmoid(alpha(||G-I||_F - λ)) ||G-I||_F\n"
             "              (Ricci et al. 2025); --lam sets λ (inf = affine).\n"
             "  affine      closed: least squares on centred data; trained: AffineMap with Adam.\n"

@@ -126,27 +126,57 @@ def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor
 SKEW_NORM_SAFETY = 1.5
 
 
-def skew_retraction(weight: torch.Tensor, skew: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+#: The maps :func:`skew_retraction` chooses from, cheapest first.
+SKEW_RETRACTION_KINDS = ("quadratic", "cubic", "cayley")
+
+
+def skew_retraction_kind(skew: torch.Tensor, dtype: torch.dtype | None = None) -> str:
+    """The map :func:`skew_retraction` uses for ``skew`` in ``dtype`` (default: ``skew``'s): ``"quadratic"``,
+    ``"cubic"`` or ``"cayley"``, the cheapest whose orthogonality defect is at most half of ``dtype``'s epsilon.
+
+    Reads one scalar (a device synchronisation on a GPU).
+
+    Example:
+        >>> skew_retraction_kind(torch.tensor([[0.0, 0.05], [-0.05, 0.0]]))
+        'cubic'
+    """
+    eps = torch.finfo(dtype or skew.dtype).eps
+    sigma = SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew))
+    if sigma ** 4 / 4.0 <= eps / 2:
+        return "quadratic"
+    if sigma ** 6 / 64.0 <= eps / 2:
+        return "cubic"
+    return "cayley"
+
+
+def skew_retraction(weight: torch.Tensor, skew: torch.Tensor, *, inplace: bool = False,
+                    kind: str | None = None) -> torch.Tensor:
     r"""Rotate ``weight`` (``n x k``) by the orthogonal matrix :math:`R(A)` that a skew-symmetric ``skew`` = :math:`A`
     (``n x n``) generates: returns :math:`R(A)\,W`, a retraction on :math:`O(n)` in the direction :math:`AW`.
 
-    Two maps :math:`R`, chosen per call from the size of :math:`A`:
+    The map :math:`R` is chosen per call, the cheapest one whose orthogonality defect is at most half the dtype's
+    epsilon :math:`\varepsilon` for this :math:`A`, judged by :math:`\sigma = 1.5\times` a power-iteration estimate of
+    :math:`\lVert A\rVert_2` (:func:`spectral_norm_estimate`):
 
+    - the quadratic :math:`R(A) = I + A + \tfrac12 A^2` (two fused products, :math:`W + A(W + \tfrac12 AW)`), with
+      :math:`R^\top R = I + \tfrac14 A^4` exactly: used when :math:`\sigma^4/4 \le \varepsilon/2`
+      (estimate :math:`\lesssim 0.0147` in float32). Adam's steps shrink to this size once gradients are
+      noisy (:math:`|\hat m|/\sqrt{\hat v} \ll 1`);
     - the cubic :math:`R(A) = I + A + \tfrac12 A^2 + \tfrac18 A^3` (three fused products, Horner's rule:
-      :math:`W + A(W + A(\tfrac12 W + \tfrac18 AW))`). For skew :math:`A`, :math:`R(A)^\top R(A) = I - \tfrac1{64} A^6` exactly (even part
-      :math:`I + A^2/2`, odd part :math:`A + A^3/8`), so it is orthogonal to rounding whenever
-      :math:`\lVert A\rVert_2^6 / 64` is below the dtype's epsilon. It agrees with the Cayley transform and
-      with :math:`\exp(A)` to second order. Used when :math:`1.5\times` a power-iteration estimate of
-      :math:`\lVert A\rVert_2` meets that bound: :math:`\lVert A\rVert_2 \lesssim 0.094` in float32 (Adam steps at
-      lr 1e-3 up to d ≈ 2000), :math:`\lesssim 0.0033` in float64;
+      :math:`W + A(W + A(\tfrac12 W + \tfrac18 AW))`), with :math:`R^\top R = I - \tfrac1{64} A^6` exactly (even part
+      :math:`I + A^2/2`, odd part :math:`A + A^3/8`): used when :math:`\sigma^6/64 \le \varepsilon/2`
+      (estimate :math:`\lesssim 0.084` in float32: Adam's first steps at lr 1e-3, :math:`\lVert A\rVert_2 \approx
+      2\cdot10^{-3}\sqrt n`, up to n ≈ 1700; :math:`\lesssim 0.0029` in float64);
     - otherwise the Cayley transform :math:`(I - A/2)^{-1}(I + A/2)` (MATH.md §4), exactly orthogonal for every
       skew :math:`A`, evaluated as :math:`W + (I - A/2)^{-1}(AW)` (one product and one solve).
 
-    Both update ``W`` by an increment computed on its own, so rounding errors scale with the step, not with
-    ``W``: evaluating :math:`2(I - A/2)^{-1}W - W` instead grows :math:`\lVert G - I\rVert_F` by about
-    :math:`2\cdot10^{-6}` per float32 step at n = 128 (measured), a bias the increment form does not have.
-    Deciding between the two reads one scalar (a device synchronisation on a GPU). With ``inplace=True`` the
-    result is written into ``weight`` (2-d only), which is returned.
+    All three agree with the Cayley transform and with :math:`\exp(A)` to second order, and update ``W`` by an
+    increment computed on its own, so rounding errors scale with the step, not with ``W``: evaluating
+    :math:`2(I - A/2)^{-1}W - W` instead grows :math:`\lVert G - I\rVert_F` by about :math:`2\cdot10^{-6}` per
+    float32 step at n = 128 (measured), a bias the increment form does not have. The choice reads one scalar
+    (a device synchronisation on a GPU; :func:`skew_retraction_kind`); ``kind`` forces one of
+    :data:`SKEW_RETRACTION_KINDS` instead. With ``inplace=True`` the result is written into ``weight`` (2-d only),
+    which is returned.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.1], [-0.1, 0.0]], dtype=torch.float64)
@@ -159,17 +189,23 @@ def skew_retraction(weight: torch.Tensor, skew: torch.Tensor, *, inplace: bool =
         raise ValueError(f"skew must be {n} x {n} for a weight with {n} rows, got {tuple(skew.shape)}")
     if inplace and (weight.ndim != 2 or skew.ndim != 2):
         raise ValueError("inplace=True needs 2-d weight and skew")
-    eps = torch.finfo(weight.dtype).eps
-    bound = SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew))
+    if kind is None:
+        kind = skew_retraction_kind(skew, weight.dtype)
+    elif kind not in SKEW_RETRACTION_KINDS:
+        raise ValueError(f"kind must be one of {SKEW_RETRACTION_KINDS} or None, got {kind!r}")
     out = weight if inplace else weight.clone()
-    if bound ** 6 / 64.0 <= eps:
-        if weight.ndim == 2 and skew.ndim == 2:
+    fused = weight.ndim == 2 and skew.ndim == 2
+    if kind == "quadratic":
+        if fused:
+            return out.addmm_(skew, torch.addmm(weight, skew, weight, alpha=0.5))
+        return out.add_(skew @ (weight + 0.5 * (skew @ weight)))
+    if kind == "cubic":
+        if fused:
             inner = torch.addmm(weight, skew, weight, beta=0.5, alpha=0.125)  # W/2 + AW/8
             inner = torch.addmm(weight, skew, inner)                         # W + A(...)
             return out.addmm_(skew, inner)                                   # W + A(...): the increment form
         inner = 0.5 * weight + 0.125 * (skew @ weight)
-        inner = weight + skew @ inner
-        return out.add_(skew @ inner)
+        return out.add_(skew @ (weight + skew @ inner))
     m = torch.eye(n, dtype=skew.dtype, device=skew.device).sub_(skew, alpha=0.5)
     return out.add_(torch.linalg.solve(m, skew @ weight))
 

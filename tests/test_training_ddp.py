@@ -49,6 +49,10 @@ def _runs():
     fit_alignment(s, X, Y, **OPTS)
     out["stiefel"] = s.state_dict()
     torch.manual_seed(0)
+    o = ro.OrthogonalLinear(P, P, bias=True)  # square: the trivialization (generator gradients all-reduced)
+    fit_alignment(o, X, X.flip(1) + 0.1, **OPTS)
+    out["trivialization"] = o.state_dict()
+    torch.manual_seed(0)
     b, f = ro.LambdaOrthoLinear(Q, P, lam=0.5), ro.AffineMap(P, P)
     fit_pair(b, f, Y, X, labels, weights=(1.0, 1.0, 0.5), temperature=0.5, losses=LOSSES, **OPTS)
     out["pair"] = {**{"B." + k: v for k, v in b.state_dict().items()}, **{"F." + k: v for k, v in f.state_dict().items()}}

@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import relaxedortho as ro
-from relaxedortho.linalg import orthogonality_error, random_orthogonal, skew_retraction, spectral_norm_estimate
+from relaxedortho.linalg import (orthogonality_error, random_orthogonal, skew_retraction, skew_retraction_kind,
+                                 spectral_norm_estimate)
 from relaxedortho.maps._generator import GeneratorWeight, generator_linear, skew_part
 from relaxedortho.testing import strategies as ros
 
@@ -35,6 +36,11 @@ def cayley(a):
 def cubic(a):
     eye = torch.eye(a.shape[0], dtype=a.dtype)
     return eye + a + a @ a / 2 + a @ a @ a / 8
+
+
+def quadratic(a):
+    eye = torch.eye(a.shape[0], dtype=a.dtype)
+    return eye + a + a @ a / 2
 
 
 # -- the gradient -------------------------------------------------------------------------------------------
@@ -101,13 +107,14 @@ def test_skew_part_is_exact_at_every_size(n):
 
 
 # -- the fold -----------------------------------------------------------------------------------------------
-def test_cubic_defect_identity():
-    """R(A) = I + A + A^2/2 + A^3/8 satisfies R^T R = I - A^6/64 for skew A (the docstring's claim)."""
+def test_defect_identities():
+    """For skew A: R^T R = I + A^4/4 for the quadratic and I - A^6/64 for the cubic (the docstring's claims)."""
     a = skew(7, 0.9, 0)
-    r = cubic(a)
-    a6 = torch.linalg.matrix_power(a, 6)
-    torch.testing.assert_close(r.T @ r, torch.eye(7, dtype=F64) - a6 / 64, rtol=0, atol=1e-14)
-    assert float(torch.linalg.matrix_norm(a6, 2)) > 0.1  # the identity is not trivially satisfied
+    eye = torch.eye(7, dtype=F64)
+    a4, a6 = torch.linalg.matrix_power(a, 4), torch.linalg.matrix_power(a, 6)
+    torch.testing.assert_close(quadratic(a).T @ quadratic(a), eye + a4 / 4, rtol=0, atol=1e-14)
+    torch.testing.assert_close(cubic(a).T @ cubic(a), eye - a6 / 64, rtol=0, atol=1e-14)
+    assert float(torch.linalg.matrix_norm(a6, 2)) > 0.1  # the identities are not trivially satisfied
 
 
 @settings(max_examples=40)
@@ -122,18 +129,28 @@ def test_skew_retraction_stays_orthogonal_and_keeps_det(n, dtype, scale, seed):
     assert skew_retraction(out, a, inplace=True) is out and torch.equal(out, r)
 
 
-@pytest.mark.parametrize("dtype,scale,path", [(torch.float32, 0.02, "cubic"), (torch.float32, 0.5, "cayley"),
-                                              (F64, 1e-3, "cubic"), (F64, 0.05, "cayley")])
-def test_skew_retraction_picks_the_cubic_only_below_rounding(dtype, scale, path):
-    """The cubic where ||A||^6/64 is below eps, the exact Cayley transform elsewhere."""
+@pytest.mark.parametrize("dtype,scale,kind", [
+    (torch.float32, 0.005, "quadratic"), (torch.float32, 0.05, "cubic"), (torch.float32, 0.5, "cayley"),
+    (F64, 5e-5, "quadratic"), (F64, 1e-3, "cubic"), (F64, 0.05, "cayley")])
+def test_skew_retraction_picks_the_cheapest_map_orthogonal_to_rounding(dtype, scale, kind):
+    """The quadratic where ||A||^4/4 is below eps/2, the cubic where ||A||^6/64 is, the Cayley transform elsewhere."""
     n = 9
-    w = random_orthogonal(n, n, generator=torch.Generator().manual_seed(3), dtype=F64)
     a = skew(n, scale, 4)
-    got = skew_retraction(w.to(dtype), a.to(dtype)).double()
-    d_cubic = float((got - cubic(a) @ w).abs().max())
-    d_cayley = float((got - cayley(a) @ w).abs().max())
-    assert (d_cubic < d_cayley) == (path == "cubic")
-    assert min(d_cubic, d_cayley) <= 50 * torch.finfo(dtype).eps
+    assert skew_retraction_kind(a.to(dtype)) == kind
+    assert skew_retraction_kind(a.to(dtype), F64) == ("cayley" if scale > 2e-3 else "cubic" if scale > 5e-5 else
+                                                       "quadratic")
+    w = random_orthogonal(n, n, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    assert torch.equal(skew_retraction(w, a.to(dtype)), skew_retraction(w, a.to(dtype), kind=kind))
+
+
+@pytest.mark.parametrize("kind,formula", [("quadratic", quadratic), ("cubic", cubic), ("cayley", cayley)])
+def test_each_kind_evaluates_its_formula(kind, formula):
+    """Forced kinds, in float64 at a step where the three differ (2e-2 >> rounding): each is its own formula."""
+    a = skew(9, 0.2, 6)
+    w = random_orthogonal(9, 9, generator=torch.Generator().manual_seed(7), dtype=F64)
+    torch.testing.assert_close(skew_retraction(w, a, kind=kind), formula(a) @ w, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="kind"):
+        skew_retraction(w, a, kind="exp")
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1e-2, 0.1, 0.4])
