@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 import warnings
@@ -136,9 +137,34 @@ def time_step(name, d, batch, steps, warmup):
     return 1e3 * best
 
 
+def time_paired(name, d, batch, steps, warmup, repeats):
+    """Interleaved timing against ``nn.Linear`` + Adam: ``repeats`` rounds of ``steps`` steps of each (the order
+    alternating), so a slow phase of a shared machine hits both. Returns the medians of the map's and the
+    baseline's ms/step and the median, min and max of the per-round ratios."""
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, d), torch.randn(batch, d)
+    steps_of = {}
+    for which in ("linear", name):
+        module, opt = MAPS[which](d)
+        steps_of[which] = step_fn(module, opt, x, y)
+        for _ in range(warmup):
+            steps_of[which]()
+    times = {"linear": [], name: []}
+    for r in range(repeats):
+        for which in (("linear", name) if r % 2 == 0 else (name, "linear")):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                steps_of[which]()
+            times[which].append(1e3 * (time.perf_counter() - t0) / steps)
+    ratios = sorted(a / b for a, b in zip(times[name], times["linear"]))
+    med = statistics.median
+    return med(times[name]), med(times["linear"]), med(ratios), ratios[0], ratios[-1]
+
+
 def drift(name, d, steps, batch):
-    """||G - I||_F (float64 evaluation) after ``steps`` float32 steps, and its largest value over 100 checks
-    spread across the run (every ``steps // 100`` steps), so a periodic re-projection cannot hide a peak."""
+    """||G - I||_F (float64 evaluation) after ``steps`` float32 steps, its largest value over 100 checks
+    spread across the run (every ``steps // 100`` steps), so a periodic re-projection cannot hide a peak, and the
+    final loss on 4096 fresh samples (how well the map learned: the same for maps that optimise equally well)."""
     torch.manual_seed(0)
     module, opt = MAPS[name](d)
     g = torch.Generator().manual_seed(1)
@@ -152,7 +178,10 @@ def drift(name, d, steps, batch):
             with torch.no_grad():
                 err = float(ro.linalg.orthogonality_error(weight_of(module).detach().double()))
             worst = max(worst, err)
-    return err, worst
+    with torch.no_grad():
+        x = torch.randn(4096, d, generator=g)
+        loss = float(nn.functional.mse_loss(module(x), x @ target.T))
+    return err, worst, loss
 
 
 def main(argv=None):
@@ -168,6 +197,9 @@ def main(argv=None):
                    help="d:steps pairs for the drift measurement")
     p.add_argument("--drift-batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                   help="time each map interleaved with nn.Linear in ROUNDS alternating rounds and report median "
+                        "ratios (robust to a shared machine's slow phases) instead of best-of-3 blocks")
     p.add_argument("--quick", action="store_true", help="tiny sizes (d=32, B=64, few steps): a smoke test")
     a = p.parse_args(argv)
     if a.quick:
@@ -177,22 +209,32 @@ def main(argv=None):
     names = ["linear"] + [n for n in a.maps if n != "linear"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, Adam lr {LR} "
           f"(RiemannianAdam at riemannian_lr)")
-    print(f"{'map':26s} {'d':>5s} {'B':>5s} {'ms/step':>9s} {'ratio':>7s}")
-    for d in a.d:
-        for batch in a.B:
-            base = None
-            for name in names:
-                ms = time_step(name, d, batch, a.steps, a.warmup)
-                base = ms if name == "linear" else base
-                print(f"{name:26s} {d:5d} {batch:5d} {ms:9.2f} {ms / base:6.2f}x", flush=True)
+    if a.paired:
+        print(f"interleaved with nn.Linear + Adam: {a.paired} rounds of {a.steps} steps each; medians")
+        print(f"{'map':26s} {'d':>5s} {'B':>5s} {'ms/step':>9s} {'linear':>8s} {'ratio':>7s} {'range':>13s}")
+        for d in a.d:
+            for batch in a.B:
+                for name in [n for n in a.maps if n != "linear"]:
+                    ms, base, ratio, lo, hi = time_paired(name, d, batch, a.steps, a.warmup, a.paired)
+                    print(f"{name:26s} {d:5d} {batch:5d} {ms:9.2f} {base:8.2f} {ratio:6.2f}x  {lo:5.2f}-{hi:5.2f}x",
+                          flush=True)
+    else:
+        print(f"{'map':26s} {'d':>5s} {'B':>5s} {'ms/step':>9s} {'ratio':>7s}")
+        for d in a.d:
+            for batch in a.B:
+                base = None
+                for name in names:
+                    ms = time_step(name, d, batch, a.steps, a.warmup)
+                    base = ms if name == "linear" else base
+                    print(f"{name:26s} {d:5d} {batch:5d} {ms:9.2f} {ms / base:6.2f}x", flush=True)
     if not a.no_drift:
         print(f"\ndrift ||G - I||_F (float64 evaluation) after float32 Adam steps, batch {a.drift_batch}")
-        print(f"{'map':26s} {'d':>5s} {'steps':>6s} {'final':>10s} {'max':>10s}")
+        print(f"{'map':26s} {'d':>5s} {'steps':>6s} {'final':>10s} {'max':>10s} {'loss':>8s}")
         for spec in a.drift:
             d, steps = (int(v) for v in spec.split(":"))
             for name in a.drift_maps:
-                final, worst = drift(name, d, steps, a.drift_batch)
-                print(f"{name:26s} {d:5d} {steps:6d} {final:10.2e} {worst:10.2e}", flush=True)
+                final, worst, loss = drift(name, d, steps, a.drift_batch)
+                print(f"{name:26s} {d:5d} {steps:6d} {final:10.2e} {worst:10.2e} {loss:8.4f}", flush=True)
 
 
 if __name__ == "__main__":
