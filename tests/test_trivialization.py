@@ -391,3 +391,24 @@ def test_cpu_drift_targets_hold_at_d_128_for_2000_steps():
         if step % 50 == 49 or step >= 1960:
             worst = max(worst, m.orthogonality_error())
     assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("method,shape", [("trivialization", (5, 5)), ("retraction", (5, 5)), ("retraction", (6, 4))])
+def test_deep_copies_are_re_projected_like_the_original(method, shape):
+    """copy.deepcopy (and pickle) rebuild the module without __init__: the copy must still be folded or
+    re-projected after each optimizer step, and a retraction copy must still project its gradient."""
+    import copy
+
+    m = ro.OrthogonalLinear(shape[1], shape[0], method=method, bias=True)
+    c = copy.deepcopy(m)
+    x, y = torch.randn(16, shape[1]), torch.randn(16, shape[0])
+    opt = torch.optim.Adam(c.parameters(), lr=0.1)
+    (c(x) - y).pow(2).sum().backward()
+    if method == "retraction" and shape[0] == shape[1]:
+        w, g = c.weight.detach(), c.weight.grad
+        torch.testing.assert_close(w.T @ g + g.T @ w, torch.zeros(5, 5), atol=1e-5, rtol=0)  # tangent
+    opt.step()
+    assert c.orthogonality_error() <= 1e-5
+    if method == "trivialization":
+        assert float(c.generator.detach().abs().max()) == 0.0
+        assert not torch.equal(c._buffers["weight"], m._buffers["weight"])  # the update was folded at the step
