@@ -513,6 +513,16 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _add_training_options(parser: argparse.ArgumentParser, note: str, *, epochs_help: str, seed_help: str) -> None:
+    """``--epochs --batch-size --lr --seed --device`` of the subcommands that train maps (``note`` ends the help
+    of the batch size and learning rate)."""
+    parser.add_argument("--epochs", type=_positive_int, default=100, help=epochs_help)
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size" + note)
+    parser.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate" + note)
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help=seed_help)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``relaxedortho`` command (all subcommands)."""
     from . import __version__
@@ -603,11 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
                    help="learn a bias (default: no for orthogonal, yes for the others)")
     f.add_argument("--labels", default=None, help="optional label file (one per pair) for a retrieval report")
-    f.add_argument("--epochs", type=_positive_int, default=100, help="training epochs (trained solver)")
-    f.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size (trained solver)")
-    f.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (trained solver)")
-    f.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (trained solver)")
-    f.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _add_training_options(f, " (trained solver)", epochs_help="training epochs (trained solver)",
+                          seed_help="random seed (trained solver)")
     f.add_argument("--json", default=None, help="also write a JSON summary to this file")
     f.add_argument("--quiet", action="store_true", help="no progress on stderr")
     f.set_defaults(func=cmd_fit)
@@ -658,11 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated λ values (inf allowed)")
     s.add_argument("--labels", default=None, help="optional label file (one per pair)")
     s.add_argument("--val-fraction", type=_positive_float, default=0.2, help="share of pairs held out")
-    s.add_argument("--epochs", type=_positive_int, default=100, help="training epochs per λ")
-    s.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size")
-    s.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (split and training)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _add_training_options(s, "", epochs_help="training epochs per λ", seed_help="random seed (split and training)")
     s.add_argument("--save-maps", action="store_true", help="also save each map as OUT/map_lam=λ.pt")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     s.set_defaults(func=cmd_sweep)
