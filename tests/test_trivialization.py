@@ -412,3 +412,16 @@ def test_deep_copies_are_re_projected_like_the_original(method, shape):
     if method == "trivialization":
         assert float(c.generator.detach().abs().max()) == 0.0
         assert not torch.equal(c._buffers["weight"], m._buffers["weight"])  # the update was folded at the step
+
+
+def test_a_loaded_non_zero_generator_is_folded_not_ignored():
+    m = ro.OrthogonalLinear(5, 5)
+    state = m.state_dict()
+    a = 0.05 * torch.randn(5, 5)
+    state["generator"] = a - a.T  # a pending update (saved between an edit and a forward)
+    fresh = ro.OrthogonalLinear(5, 5)
+    fresh.load_state_dict(state)
+    x = torch.randn(3, 5)
+    expected = x.double() @ skew_retraction(state["weight"].double(), state["generator"].double()).T
+    torch.testing.assert_close(fresh(x).double(), expected, rtol=0, atol=1e-5)
+    assert float(fresh.generator.detach().abs().max()) == 0.0 and fresh.orthogonality_error() < 1e-6

@@ -13,8 +13,9 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
    * - ``"trivialization"``
      - square maps only (the default for them): the optimizer updates a skew ``generator``, folded into the
        weight after each step by :func:`~relaxedortho.linalg.skew_retraction` (dynamic trivialization)
-     - three products (cubic retraction) and the skew part of the gradient; its gradient product replaces
-       ``nn.Linear``'s; one Newton–Schulz step (two products) every ``polish_every`` steps
+     - two or three products (the quadratic or cubic fold; a solve for large steps) and the skew part of the
+       gradient, whose product replaces ``nn.Linear``'s; one Newton–Schulz step (two products) every
+       ``polish_every`` steps
    * - ``"retraction"``
      - plain parameter; after each optimizer step a tangent-projected update is re-projected by
        Newton–Schulz (the default for rectangular maps)
@@ -122,10 +123,12 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
     weight gradient (:mod:`relaxedortho.maps._generator`); after each optimizer step the update :math:`A` is
     folded into the weight, :math:`W \leftarrow R(A)W` (:func:`~relaxedortho.linalg.skew_retraction`), and
     ``generator`` is reset to zero, its optimizer state kept. Any element-wise optimizer (SGD, Adam, AdamW, ...)
-    keeps a skew gradient skew; the fold uses the skew part of ``generator`` whatever it holds. This is
-    Lezcano-Casado's dynamic trivialization (NeurIPS 2019, arXiv 1909.09501) with a cubic retraction:
-    Adam's moments live in :math:`\mathfrak{so}(n)` at a fixed frame, and training matches ``"retraction"``
-    (same loss to 4 digits in ``benchmarks/bench_maps.py``'s drift runs) at about half its cost.
+    keeps a skew gradient skew, bit for bit, so after a step of an optimizer that holds ``generator`` the fold
+    uses it as it is; after any other change (an edit by hand, a loaded state) it folds its skew part. This is
+    Lezcano-Casado's dynamic trivialization (NeurIPS 2019, arXiv 1909.09501) with a polynomial retraction
+    (quadratic or cubic, the Cayley transform for large steps): Adam's moments live in :math:`\mathfrak{so}(n)`
+    at a fixed frame, and training matches ``"retraction"`` (same loss to 4 digits in
+    ``benchmarks/bench_maps.py``'s drift runs) at about half its cost.
 
     With ``method="retraction"`` the weight is a plain parameter that any optimizer may update.
 
@@ -222,7 +225,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         # step post-hook, and give a retraction copy its own tangent-projection hook (tensor hooks are not copied)
         super().__setstate__(state)
         if self.__dict__.get("method") in _SELF_PROJECTED:
-            self._mark_exact(loaded=True)  # new tensors, new version counters: the copied values are exact
+            self._mark_restored()  # new tensors, new version counters
             _RETRACTED.add(self)
             _ensure_global_hook()
             w = self._weight_tensor()
@@ -244,6 +247,14 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             self._generator_version = self.generator._version
             if loaded:
                 self._folds = int(self.folds)
+
+    @torch.no_grad()
+    def _mark_restored(self) -> None:
+        """After a copy or a loaded state: the weight is exact; a non-zero generator is an update still to fold
+        (at the next forward or optimizer step), never silently ignored."""
+        self._mark_exact(loaded=True)
+        if self.method == "trivialization" and bool(self.generator.detach().any()):
+            self._generator_version = -1
 
     @torch.no_grad()
     def _reproject(self) -> None:
@@ -342,7 +353,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
 
 def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
     # a loaded state is exactly a saved point of the manifold: do not re-project it (that would change bits)
-    module._mark_exact(loaded=True)
+    module._mark_restored()
 
 
 @torch.compiler.disable
