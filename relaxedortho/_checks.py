@@ -89,3 +89,15 @@ def check_weight_shape(weight: torch.Tensor, out_features: int, in_features: int
     if tuple(weight.shape) != (out_features, in_features):
         raise ValueError(f"{name} must have shape (out_features, in_features) = ({out_features}, {in_features}), "
                          f"got {tuple(weight.shape)}")
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device`; :class:`ValueError` if it does not parse, or names CUDA when PyTorch
+    sees no CUDA GPU (said at once, not at the first tensor moved there)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown {name} {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} 'cuda' requested but no CUDA GPU is available to PyTorch")
+    return dev

@@ -110,15 +110,12 @@ def _check_output_file(path: str) -> str:
 
 
 def _device(name: str):
-    import torch
+    from ._checks import check_device
 
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CLIError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("device 'cuda' requested but no CUDA GPU is available to PyTorch")
-    return dev
+        return check_device(name)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _tensor(arr, device, dtype=None):

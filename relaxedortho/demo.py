@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_device
 from .data import DATASETS, load_digits, load_fashion_mnist
 
 from .closed_form import fit_closed_form
@@ -283,12 +284,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
     cfg = config or scenario(dataset, quick=quick, new_width=new_width)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available to PyTorch")
+    dev = check_device(device)
     out = _writable_dir(out)
     threads = torch.get_num_threads()
     if dev.type == "cpu" and cfg.cpu_threads:

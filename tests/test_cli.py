@@ -265,3 +265,14 @@ def test_bad_input_is_one_clear_line(files, tmp_path, case, capsys):
     assert needle in lines[0], lines[0]
     created = {p for p in set(tmp_path.rglob("*")) - before if p.is_file()}
     assert not created, f"partial output left behind: {created}"
+
+
+def test_device_check_names_the_problem():
+    from relaxedortho._checks import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        check_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            check_device("cuda:0")
