@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
             "              (Ricci et al. 2025); --lam sets λ (inf = affine).\n"
             "  affine      closed: least squares on centred data; trained: AffineMap with Adam.\n"
             "  band        closed: singular values clipped to [sqrt(1-eps), sqrt(1+eps)], refined by projected\n"
-            "              gradient (MATH.md §5); --eps sets eps.\n\n" + FORMATS_HELP +
+            "              gradient (docs/math.md §5); --eps sets eps.\n\n" + FORMATS_HELP +
             "\nWith --labels (one per pair) the command also reports leave-one-out retrieval of B(source) against\n"
             "target on the training pairs (first 2000 rows)."),
         epilog="examples:\n"
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Evaluate a saved map B (new -> old) for compatible retrieval: queries embedded by the new model are\n"
             "mapped by B and searched in a gallery embedded by the old model (cosine similarity). Reports CMC\n"
-            "top-k and mAP (MATH.md §7) for B(new)/old; with --old-query also old/old and the compatibility\n"
+            "top-k and mAP (docs/math.md §7) for B(new)/old; with --old-query also old/old and the compatibility\n"
             "criterion B(new)/old > old/old (Shen et al. 2020); with --new-gallery also B(new)/B(new) and\n"
             "new/new; new/old unmapped when B is square.\n\n" + FORMATS_HELP),
         epilog="examples:\n"

@@ -10,16 +10,16 @@ representation learning", CVPR 2020, for the protocol):
 2. Held-out images are split into a query set and a gallery set (stratified). The gallery is embedded
    once with the old model ("old gallery"); queries come from the new model.
 3. Backward maps :math:`B:` new → old are fitted on the training images' paired features
-   (:math:`\min_B \tfrac1n\sum_i \lVert B(h^{new}_i) - h^{old}_i\rVert^2`, MATH.md §6), across the spectrum:
+   (:math:`\min_B \tfrac1n\sum_i \lVert B(h^{new}_i) - h^{old}_i\rVert^2`, docs/math.md §6), across the spectrum:
    closed-form orthogonal Procrustes (Schönemann 1966), a trained hard orthogonal map
    (:class:`~relaxedortho.OrthogonalLinear`), λ-orthogonal maps (:class:`~relaxedortho.LambdaOrthoLinear`)
    for several λ, the free affine map (trained and in closed form), and the nested relaxed *band*
-   maps :math:`\sigma_i(W)\in[\sqrt{(1-\varepsilon)_+}, \sqrt{1+\varepsilon}]` (MATH.md §5). A forward map
+   maps :math:`\sigma_i(W)\in[\sqrt{(1-\varepsilon)_+}, \sqrt{1+\varepsilon}]` (docs/math.md §5). A forward map
    :math:`F:` old → new-aligned space is fitted to :math:`\lVert F(h^{old}) - B_\perp(h^{new})\rVert^2`.
    Trained backward maps start at the Procrustes solution (:attr:`DemoConfig.warm_start`): a path of
    nearly orthogonal matrices cannot change the sign of :math:`\det A`, so from a random orthogonal start
    training can stay in the wrong component of :math:`O(d)`.
-4. Retrieval (cosine similarity, CMC top-k and mAP, MATH.md §7) is measured for old/old, new/old
+4. Retrieval (cosine similarity, CMC top-k and mAP, docs/math.md §7) is measured for old/old, new/old
    (unmapped; only when the widths agree), new/new, and per map :math:`B(new)/old` (query mapped,
    old gallery) and :math:`B(new)/B(new)` (both mapped). A map is *compatible* when
    :math:`M(B(\phi^Q_{new}), \phi^G_{old}) > M(\phi^Q_{old}, \phi^G_{old})` (Shen et al. 2020).
@@ -164,7 +164,7 @@ def _clip_sv(W: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 def fit_band_path(X: torch.Tensor, Y: torch.Tensor, eps_values, steps: int = 200) -> list:
     r"""Affine maps :math:`xW + b` minimising :math:`\tfrac1n\lVert XW + \mathbf 1b - Y\rVert_F^2` subject to
     :math:`\sigma_i(W)\in[\sqrt{\max(0, 1-\varepsilon)}, \sqrt{1+\varepsilon}]` (spectral
-    :math:`\lVert W^\top W - I\rVert_2\le\varepsilon` for square/expanding ``W``; MATH.md §5), for increasing ε.
+    :math:`\lVert W^\top W - I\rVert_2\le\varepsilon` for square/expanding ``W``; docs/math.md §5), for increasing ε.
 
     The bias is optimal in closed form (:math:`b = \mu_Y - \mu_X W`), so the problem is solved on centred
     data. Start: the least-squares map with its singular values clipped (exact when :math:`X^\top X = cI`).

@@ -5,7 +5,7 @@ Convention: a map's weight ``A`` is stored like :class:`torch.nn.Linear` (``out 
 
 .. math:: G(A) = A^\top A \;(\text{if out} \ge \text{in}), \qquad G(A) = A A^\top \;(\text{otherwise}),
 
-the only Gram that can equal the identity for a rectangular matrix (``../shared/reference/MATH.md`` §1).
+the only Gram that can equal the identity for a rectangular matrix (``docs/math.md`` §1).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
 
     Both converge when every singular value lies in :math:`(0, \sqrt3)` (order 1) or close enough to 1
     (order 2; always for :math:`\lVert E\rVert_2 < 1`). Meant for re-projecting a matrix that is already close to
-    orthonormal (MATH.md §4; Björck & Bowie 1971; Higham, *Functions of Matrices*, §8.3).
+    orthonormal (docs/math.md §4; Björck & Bowie 1971; Higham, *Functions of Matrices*, §8.3).
 
     With ``tol``, at most ``steps`` iterations are made, stopping after the first one whose predicted
     result error :math:`c\,\lVert E\rVert_2^{\,order}\lVert E\rVert_F` (:math:`c = \tfrac34` or :math:`\tfrac{5}{16}`;
@@ -167,7 +167,7 @@ def skew_retraction(weight: torch.Tensor, skew: torch.Tensor, *, inplace: bool =
       :math:`I + A^2/2`, odd part :math:`A + A^3/8`): used when :math:`\sigma^6/64 \le \varepsilon/2`
       (estimate :math:`\lesssim 0.084` in float32: Adam's first steps at lr 1e-3, :math:`\lVert A\rVert_2 \approx
       2\cdot10^{-3}\sqrt n`, up to n ≈ 1700; :math:`\lesssim 0.0029` in float64);
-    - otherwise the Cayley transform :math:`(I - A/2)^{-1}(I + A/2)` (MATH.md §4), exactly orthogonal for every
+    - otherwise the Cayley transform :math:`(I - A/2)^{-1}(I + A/2)` (docs/math.md §4), exactly orthogonal for every
       skew :math:`A`, evaluated as :math:`W + (I - A/2)^{-1}(AW)` (one product and one solve).
 
     All three agree with the Cayley transform and with :math:`\exp(A)` to second order, and update ``W`` by an

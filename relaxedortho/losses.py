@@ -1,4 +1,4 @@
-r"""Losses of backward-compatible alignment (Ricci et al., arXiv 2509.16664, Sec. 3; MATH.md §6).
+r"""Losses of backward-compatible alignment (Ricci et al., arXiv 2509.16664, Sec. 3; docs/math.md §6).
 
 Old features :math:`h_\text{old}`, new features :math:`h_\text{new}` (frozen backbones), a backward map
 :math:`B` (new → old space) and a forward map :math:`F` (old → new-aligned space):
@@ -14,7 +14,7 @@ The paper's total is :math:`w_1 L_F + w_2 L_B + w_3 L_C + L_\lambda`.
 **Scale of the squared losses.** ``reduction="mean"`` (default) is the element-wise mean
 :math:`\frac{1}{nd}\sum_{i,k}(\cdot)_{ik}^2` (:func:`torch.nn.functional.mse_loss`); ``"sample_mean"`` is the mean
 over samples of the per-sample squared norm (``d`` times larger); ``"sum"`` the total. The choice matters
-next to the bounded-slope λ-penalty (MATH.md §2): a summed loss pulls ``n·d`` times harder.
+next to the bounded-slope λ-penalty (docs/math.md §2): a summed loss pulls ``n·d`` times harder.
 
 **Distributed training.** The contrastive loss takes ``gather``: a callable applied to every per-sample
 tensor (features and labels) before the similarities, e.g. :func:`gather_with_grad`. Each process then
@@ -107,7 +107,7 @@ def supervised_contrastive(a: torch.Tensor, b: torch.Tensor, labels_a: Any = Non
 
     :math:`I` the rows with at least one positive (others are left out; 0 if none). With
     ``symmetric=True`` (default) the loss is :math:`\tfrac12(C_{a\to b} + C_{b\to a})`, as CLIP
-    (Radford et al. 2021); supervised form after Khosla et al. 2020, used in Ricci et al. 2025 (MATH.md §6).
+    (Radford et al. 2021); supervised form after Khosla et al. 2020, used in Ricci et al. 2025 (docs/math.md §6).
 
     Parameters
     ----------

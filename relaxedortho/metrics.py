@@ -25,7 +25,7 @@ Conventions (stated once, used by every function here):
   :math:`O(n_\text{gallery}\log R)` per query for :math:`R` relevant items; on CPU only the similarities
   above the worst relevant one are searched, so for good features mAP costs about as much as CMC.
 
-Definitions (MATH.md §7). With :math:`u_1 \ge \dots \ge u_R` the similarities of the :math:`R` relevant
+Definitions (docs/math.md §7). With :math:`u_1 \ge \dots \ge u_R` the similarities of the :math:`R` relevant
 items of a query and :math:`N(u)` the number of non-relevant items with similarity :math:`\ge u`, the
 (pessimistic) rank of the :math:`t`-th relevant item is :math:`t + N(u_t)`, so
 
@@ -342,7 +342,7 @@ def cmc(query: Any, gallery: Any, query_labels: Any, gallery_labels: Any, topk: 
               \quad \operatorname{rank}_q = 1 + \#\{g \text{ non-relevant}: s_{qg} \ge \max_{g' \text{ relevant}} s_{qg'}\}
 
     over the queries :math:`Q` with at least one relevant gallery item (ties pessimistic; Zheng et al. 2015;
-    MATH.md §7). Returns ``{k: accuracy}``; with ``return_details=True`` the :class:`RetrievalReport`
+    docs/math.md §7). Returns ``{k: accuracy}``; with ``return_details=True`` the :class:`RetrievalReport`
     (``map`` is ``None``), which also gives the number of queries left out. Arguments as in
     :func:`retrieval_report`.
 
@@ -364,7 +364,7 @@ def mean_average_precision(query: Any, gallery: Any, query_labels: Any, gallery_
               = \frac{1}{R_q}\sum_{t=1}^{R_q}\frac{t}{t + N_q(u_t)}
 
     with :math:`u_1 \ge \dots \ge u_{R_q}` the similarities of the relevant items and :math:`N_q(u)` the
-    number of non-relevant items with similarity :math:`\ge u` (ties pessimistic; MATH.md §7). Returns a float;
+    number of non-relevant items with similarity :math:`\ge u` (ties pessimistic; docs/math.md §7). Returns a float;
     with ``return_details=True`` the :class:`RetrievalReport` (``cmc`` is ``None``).
 
     >>> mean_average_precision([[1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0], [1.0, 0.1]], [3], [3, 4, 3])
@@ -603,7 +603,7 @@ def backfilling_curve(query: Any, old_gallery: Any, new_gallery: Any, query_labe
     :math:`f = 0` gives the cross test :math:`M(\phi_\text{new}^Q, \phi_\text{old}^G)` and :math:`f = 1`
     the new self test :math:`M(\phi_\text{new}^Q, \phi_\text{new}^G)`. The area is the trapezoidal integral
     of the curve over ``fractions`` (for the default :math:`0, 0.1, \dots, 1` it is the mean quality over a
-    full backfill; Ricci et al. 2025, MATH.md §7).
+    full backfill; Ricci et al. 2025, docs/math.md §7).
 
     Parameters
     ----------

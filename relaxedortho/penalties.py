@@ -32,7 +32,7 @@ its *small Gram* :math:`G` (see :func:`relaxedortho.linalg.small_gram`); ``D = G
      - :math:`\sqrt{\tfrac1k\sum_i \lVert D v_i\rVert^2}`, :math:`v_i\sim\mathcal N(0,I)`
      - Hutchinson-type estimate
 
-The penalties are evaluated in at least float32, also under autocast (MATH.md §2).
+The penalties are evaluated in at least float32, also under autocast (docs/math.md §2).
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: float = 10.0, 
 
     with the **unsquared** Frobenius norm of the small Gram. ``gate="heaviside"`` gives Eq. 5,
     :math:`H(\lVert G-I\rVert_F-\lambda)\lVert G-I\rVert_F`. ``lam = 0`` with a large ``alpha`` is unsquared soft
-    orthogonality (not a hard constraint: its slope is bounded, see MATH.md §2); ``lam = math.inf`` gives
+    orthogonality (not a hard constraint: its slope is bounded, see docs/math.md §2); ``lam = math.inf`` gives
     exactly 0 (the free affine map).
 
     Args:

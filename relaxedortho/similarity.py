@@ -1,4 +1,4 @@
-r"""Similarity measures between two sets of paired representations (``MATH.md`` §9).
+r"""Similarity measures between two sets of paired representations (``docs/math.md`` §9).
 
 Both take X (n×p) and Y (n×q) with paired rows (NumPy or torch), compute in float64 and return a Python float.
 """

@@ -112,7 +112,7 @@ def test_other_new_width_reports_new_old_not_applicable(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- band path
 def test_band_path_matches_clip_closed_form_on_whitened_data():
-    # X^T X = c I (centred): the optimum is U clip(S / c, a, b) V^T of X^T Y (MATH.md §5), computed here in NumPy
+    # X^T X = c I (centred): the optimum is U clip(S / c, a, b) V^T of X^T Y (docs/math.md §5), computed here in NumPy
     rng = np.random.default_rng(0)
     n, p = 200, 6
     Z = rng.normal(size=(n, p))

@@ -123,7 +123,7 @@ def test_retraction_reprojects_after_manual_edit():
 @pytest.mark.parametrize("lam", [0.5, 2.0])
 def test_lambda_map_holds_deviation_near_lambda(lam):
     """A target far from orthogonal (||G - I||_F = 3.3 for the free map): with a loss that pulls less than
-    the penalty's slope (MATH.md §2), training ends just below λ, within the gate's width (a few 1/α)."""
+    the penalty's slope (docs/math.md §2), training ends just below λ, within the gate's width (a few 1/α)."""
     d, alpha = 4, 50.0
     target = torch.diag(torch.tensor([2.0, 1.5, 1.0, 0.5]))
     free_dev = float(torch.linalg.matrix_norm(target.T @ target - torch.eye(d)))

@@ -1,4 +1,4 @@
-"""Properties of relaxedortho.penalties against independent float64 NumPy evaluations (MATH.md §2-§3)."""
+"""Properties of relaxedortho.penalties against independent float64 NumPy evaluations (docs/math.md §2-§3)."""
 import math
 
 import numpy as np

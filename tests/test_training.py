@@ -64,7 +64,7 @@ def test_orthogonal_maps_recover_planted_map_like_procrustes(cls, kwargs, shape,
     if p == q:
         R, _ = scipy.linalg.orthogonal_procrustes(X.double().numpy(), Y.double().numpy())
         ref = R.T
-    elif p < q:  # rectangular Procrustes, WWᵀ = I: W = UVᵀ of XᵀY (MATH.md §5)
+    elif p < q:  # rectangular Procrustes, WWᵀ = I: W = UVᵀ of XᵀY (docs/math.md §5)
         u, _, vt = np.linalg.svd(X.double().numpy().T @ Y.double().numpy(), full_matrices=False)
         ref = (u @ vt).T
     else:
@@ -103,14 +103,14 @@ def _fit_scaled_rotation(lam, alpha, scale, d=8):
 def test_lambda_map_settles_near_lambda_when_data_pull_beyond(lam, alpha, below):
     """The planted map 4·Q has ‖G − I‖_F = 15√8 ≫ λ. With the mean loss the data's pull is weaker than the
     penalty's slope at the threshold (½ + αλ/4), so training holds the deviation just under λ, inside the
-    gate's transition band (about ±4.6/α): the paper saw 12.05 for λ = 12 (MATH.md §2)."""
+    gate's transition band (about ±4.6/α): the paper saw 12.05 for λ = 12 (docs/math.md §2)."""
     err, h = _fit_scaled_rotation(lam, alpha, 4.0)
     assert lam - below < err < lam + 0.05, (err, lam)
     assert h.loss[-1] < h.loss[0]
 
 
 def test_lambda_map_is_overrun_when_the_pull_exceeds_the_penalty_slope():
-    """MATH.md §2: the penalty's slope is bounded (½ + αλ/4 = 1.75 at λ = 0.5, α = 10), so a strong enough
+    """docs/math.md §2: the penalty's slope is bounded (½ + αλ/4 = 1.75 at λ = 0.5, α = 10), so a strong enough
     pull (planted 8·Q) runs the map far past λ — λ is a tolerance, not a constraint."""
     err, _ = _fit_scaled_rotation(0.5, 10.0, 8.0)
     assert err > 0.5 + 1.0

@@ -1,5 +1,5 @@
 r"""Closed-form alignments: the Procrustes family, least squares, CCA and relaxed Procrustes, from in-memory
-or streamed paired rows, on any device (``MATH.md`` §5).
+or streamed paired rows, on any device (``docs/math.md`` §5).
 
 Entry point :func:`fit_closed_form` returns a map module; :class:`ClosedFormAlignment` is the scikit-learn
 style estimator; :func:`accumulate_moments` streams the sufficient statistics; :func:`lambda_init` starts a

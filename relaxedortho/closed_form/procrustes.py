@@ -1,7 +1,7 @@
 r"""The Procrustes family: orthogonal, rotation, compressing least squares, centred, similarity, anchored,
 generalized.
 
-Row convention (``MATH.md`` §5): data X (n×p), Y (n×q), a map W (p×q) predicts XW; with
+Row convention (``docs/math.md`` §5): data X (n×p), Y (n×q), a map W (p×q) predicts XW; with
 :math:`M = X^\top Y = U\Sigma V^\top` (thin SVD). Every solver takes :class:`~.streaming.PairedMoments`
 and returns a :class:`~.solution.ClosedFormSolution` in float64.
 """

@@ -6,7 +6,7 @@ Row convention: X (n×p), Y (n×q), W (p×q), :math:`M = X^\top Y = U\Sigma V^\t
 **Whitened data** (:math:`X^\top X = cI`). Then :math:`\lVert XW - Y\rVert_F^2 = c\lVert W - M/c\rVert_F^2 +`
 const, and every constraint or penalty below depends on W only through its singular values, so by von
 Neumann's trace inequality the optimum is :math:`W = U\,\mathrm{diag}(s)\,V^\top` with :math:`s` solving a
-scalar problem per singular value (``MATH.md`` §5, derived for this library and checked against
+scalar problem per singular value (``docs/math.md`` §5, derived for this library and checked against
 ``scipy.optimize``):
 
 - penalty :math:`\min \lVert XW - Y\rVert^2 + \mu\lVert G(W) - I\rVert_F^2`: :math:`s_i` is the positive root of

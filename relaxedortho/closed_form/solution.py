@@ -1,6 +1,6 @@
 r"""The result of a closed-form fit before it becomes a map module.
 
-Solvers work in the row convention of ``MATH.md`` (a p×q matrix ``W`` predicts ``XW + b``) and in float64;
+Solvers work in the row convention of ``docs/math.md`` (a p×q matrix ``W`` predicts ``XW + b``) and in float64;
 :meth:`ClosedFormSolution.to_module` turns the result into one of the map modules, whose weight is
 :math:`A = W^\top` (out×in, like :class:`torch.nn.Linear`), in the dtype of the inputs.
 """

@@ -28,7 +28,7 @@ class LambdaOrthoLinear(AffineMap):
     weight :math:`w` (1 in the paper). Add :meth:`regularizer` to the task loss. While the task loss pulls
     less than the penalty's slope (about :math:`\tfrac12 + \alpha\lambda/4` at the threshold, then → 1), training
     holds :math:`\lVert G - I\rVert_F` near λ; a per-sample *summed* loss can overrun it, a mean loss
-    rarely does (MATH.md §2).
+    rarely does (docs/math.md §2).
 
     By the distortion bound, for square and expanding maps :math:`\lVert A^\top A - I\rVert_2 \le \lambda`
     implies :math:`|\langle Aa, Ab\rangle - \langle a, b\rangle| \le \lambda \lVert a\rVert\lVert b\rVert`.

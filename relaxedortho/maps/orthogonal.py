@@ -33,7 +33,7 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
 
 ``group="SO"`` (square maps only) keeps :math:`\det A = +1` (rotations); the default ``"O"`` admits
 reflections, which also preserve every inner product and are what embedding alignment usually wants
-(MATH.md §4). All methods keep the sign of the determinant of their starting matrix.
+(docs/math.md §4). All methods keep the sign of the determinant of their starting matrix.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
 
     geoopt's RiemannianAdam keeps one scalar second moment per manifold matrix, so each step moves about
     ``lr`` in Frobenius norm, while Adam moves about ``lr`` per *entry*, i.e. :math:`lr\sqrt{pq}` in
-    Frobenius norm (MATH.md §4).
+    Frobenius norm (docs/math.md §4).
     """
     return lr * math.sqrt(in_features * out_features)
 

@@ -3,12 +3,12 @@ r"""The right optimizer for each map of the spectrum.
 - geoopt :class:`~geoopt.ManifoldParameter` s (:class:`~relaxedortho.StiefelLinear`) need a Riemannian
   optimizer: :class:`geoopt.optim.RiemannianAdam` at the learning rate :func:`relaxedortho.riemannian_lr`
   (:math:`\mathrm{lr}\sqrt{pq}` for a :math:`q \times p` matrix; geoopt keeps one second moment per manifold
-  matrix, MATH.md §4). Plain parameters in the same optimizer are treated as Euclidean, i.e. exactly Adam.
+  matrix, docs/math.md §4). Plain parameters in the same optimizer are treated as Euclidean, i.e. exactly Adam.
 - Every other map trains with :class:`torch.optim.Adam` (the paper's choice, arXiv 2509.16664 §4).
   :class:`~relaxedortho.OrthogonalLinear` with ``method="trivialization"`` or ``"retraction"`` works with it
   because its global optimizer step post-hook folds or re-projects the weight after every step.
 - Weight decay (if any) never applies to orthogonal factors: it pulls them off the manifold (Endo et al.,
-  arXiv 2505.12021; MATH.md §8). Their biases are decayed like other parameters.
+  arXiv 2505.12021; docs/math.md §8). Their biases are decayed like other parameters.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ the element-wise mean squared error over a mini-batch plus the map's own ``regul
 (the λ-orthogonality penalty of :class:`~relaxedortho.LambdaOrthoLinear`, Ricci et al., NeurIPS 2025,
 arXiv 2509.16664, Eq. 6; zero for hard and free maps). The mean, not the per-sample sum, keeps the data's pull
 below the penalty's bounded slope, so a λ-orthogonal map settles at :math:`\lVert G - I\rVert_F \approx \lambda`
-(MATH.md §2).
+(docs/math.md §2).
 
 The per-step overhead is kept small: the step's loss stays on the device (no kernel, no synchronisation
 is added to the step) and the pending losses are read back together, in one synchronisation, every

@@ -314,7 +314,7 @@ def procrustes_weight(target_features: Any, source_features: Any) -> torch.Tenso
 
     With paired rows :math:`X_t` (``n x d_t``) and :math:`X_s` (``n x d_s``) of the two models on the same
     inputs, :math:`\arg\min_{W^\top W = I}\lVert X_t W - X_s\rVert_F = \mathrm{polar}(X_t^\top X_s)`
-    (Schönemann 1966; MATH.md §5, row convention). The returned weight is its transpose, ``d_s x d_t``, ready
+    (Schönemann 1966; docs/math.md §5, row convention). The returned weight is its transpose, ``d_s x d_t``, ready
     for ``OrthogonalLinear.from_matrix`` or any map's ``load_matrix_`` as :math:`U` of
     :class:`TransferredLinear`. With few shots (``n < d``) :math:`X_t^\top X_s` is rank deficient and the fit is
     not unique on the unseen directions. Computed in float64, returned in the dtype of ``target_features``.
