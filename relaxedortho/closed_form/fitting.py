@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from . import linear, procrustes, relaxed
+from . import linear, permutation, procrustes, relaxed
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
 
@@ -24,6 +24,7 @@ _KINDS = {
     "relaxed_penalty": (relaxed.solve_relaxed_penalty, ("x",), False),
     "relaxed_band": (relaxed.solve_relaxed_band, ("x",), False),
     "relaxed_frobenius": (relaxed.solve_relaxed_frobenius, ("x",), False),
+    "permutation": (permutation.solve_permutation, ("x", "y"), True),
 }
 
 #: The kinds :func:`fit_closed_form` knows.
@@ -98,6 +99,9 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
     - ``"relaxed_band"``: singular values clipped to [``lower``, ``upper``] (aliases ``a``, ``b``) or the band
       of a spectral ``epsilon``.
     - ``"relaxed_frobenius"``: :math:`\lVert G(W) - I\rVert_F \le` ``radius`` (bisection on the multiplier).
+    - ``"permutation"``: the (signed) permutation matching units by :func:`scipy.optimize.linear_sum_assignment`;
+      options ``signed`` (sign flips), ``score`` (``"correlation"`` or ``"cross"``); a partial permutation when
+      p ≠ q (:mod:`relaxedortho.closed_form.permutation`).
 
     The relaxed kinds also take ``center`` (fit a bias), ``solver`` (``"auto"``: closed form when X is whitened,
     else projected gradient), ``whitened_tol``, ``max_iter``, ``tol`` (see
