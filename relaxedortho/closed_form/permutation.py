@@ -8,10 +8,12 @@ Srinivasa 2023, "Git Re-Basin", ICLR, activation matching). It is solved exactly
 (:func:`scipy.optimize.linear_sum_assignment`, imported when first used). Signed permutations (a unit may also flip
 sign, e.g. for odd activations) maximise :math:`\sum|M_{i\pi(i)}|` and take the sign of each matched score.
 
-Matching on the raw cross product is the exact Procrustes problem restricted to permutations, but it favours units
-with large norms and is swamped by a common offset of the data (the offset adds the same rank-one term to every
-score). The default score is therefore the Pearson correlation of the units (centred, divided by both standard
-deviations), as in Li et al.; units with zero variance score 0.
+Matching on the raw cross product is the exact Procrustes problem restricted to permutations, but it weighs units by
+their norms: units with a large scale or mean dominate. A common offset adds the same rank-one term to every score,
+which cancels in a complete matching (every permutation gains the same total) but not in a partial one (p ≠ q),
+where the cross score then prefers the unmatched units with the largest second moments. The default score is
+therefore the Pearson correlation of the units (centred, divided by both standard deviations), as in Li et al.;
+units with zero variance score 0.
 
 For p ≠ q the matching pairs min(p, q) units (a partial permutation, or semi-permutation): with p < q every unit of X
 is sent to a distinct unit of Y (orthonormal rows, :math:`WW^\top = I_p`); with p > q, p − q units of X are dropped

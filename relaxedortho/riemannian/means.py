@@ -218,7 +218,8 @@ def karcher_mean(points: Any, weights: Any = None, *, init: Any = None, tol: flo
         warnings.warn(f"karcher_mean did not converge in {max_iter} iterations (gradient norm {grad:.3g} > tol "
                       f"{tol:.3g})", RuntimeWarning, stacklevel=2)
     if warn and not result.within_convexity_radius:
-        warnings.warn(f"the points are up to {radius:.3g} rad from the result, not within the convexity radius pi/2: "
-                      "the Karcher mean may not be unique and the iteration may have found a local minimum",
+        warnings.warn(f"the points are up to {radius:.3g} rad from the result, not within the convexity radius pi/2 "
+                      "of it: uniqueness of the Karcher mean is not verified and the iteration may have found a "
+                      "local minimum",
                       RuntimeWarning, stacklevel=2)
     return result

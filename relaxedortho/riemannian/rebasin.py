@@ -14,7 +14,10 @@ by coordinate descent: for one layer at a time (in a random order each sweep) th
 :math:`P_\ell`, with score :math:`W^A_\ell P_{\ell-1}(W^B_\ell)^\top + (W^A_{\ell+1})^\top P_{\ell+1}W^B_{\ell+1}
 + b^A_\ell (b^B_\ell)^\top` (+ per-unit parameters), and is solved exactly as a linear assignment
 (:func:`~relaxedortho.closed_form.permutation.linear_assignment`, SciPy). Each update cannot decrease the objective;
-the sweeps stop when no permutation changes. The result is a local optimum (the problem is NP-hard in general);
+the sweeps stop when no permutation changes. The start is the identity or, if it scores higher, a forward pass that
+matches each layer on its incoming weights only (given the previous layer's permutation) — an addition to the
+paper's algorithm (which starts at the identity) that makes the recovery of an exact permutation certain when no
+two hidden units have identical incoming weights. The result is a local optimum (the problem is NP-hard in general);
 for B a permutation of A it recovers the permutation. After matching, averaging or interpolating the weights of A
 and the permuted B (or their task vectors) compares like with like.
 """
@@ -86,7 +89,7 @@ class WeightMatching:
         converged: the last sweep changed no permutation.
         objective: :math:`\\sum_\\ell\\langle W^A_\\ell, P_\\ell W^B_\\ell P_{\\ell-1}^\\top\\rangle +
             \\langle b^A_\\ell, P_\\ell b^B_\\ell\\rangle` (+ per-unit parameters) after each sweep, the first entry
-            at the identity.
+            at the start.
     """
 
     model: nn.Module
@@ -203,18 +206,31 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_sweeps: int =
                 total += sum(float((fa * fb[perms[l]]).sum()) for fa, fb in zip(Fa[l], Fb[l]))
         return total
 
-    history = [objective()]
+    def incoming_score(l: int) -> torch.Tensor:
+        prev_cols = perms[l - 1] if l > 0 else slice(None)
+        score = Wa[l] @ Wb[l][:, prev_cols].mT
+        for fa, fb in zip(Fa[l], Fb[l]):
+            score = score + torch.outer(fa, fb)
+        return score
+
+    # Start: the identity, or a forward pass matching each layer on its incoming weights (and per-unit parameters)
+    # given the previous layer's permutation, whichever scores higher. For B a permutation of A with distinct units
+    # the forward pass is already exact: sum_i <w_i, w_pi(i)> <= sum_i ||w_i||^2 with equality only at the truth.
+    start = objective()
+    identity = [p.clone() for p in perms]
+    for l in range(L):
+        perms[l] = linear_assignment(incoming_score(l)).argmax(dim=1).to(perms[l].device)
+    forward = objective()
+    if forward < start:
+        perms, forward = identity, start
+    history = [forward]
     gen = torch.Generator().manual_seed(int(seed))
     converged, sweeps = False, 0
     for sweeps in range(1, max_sweeps + 1):
         changed = False
         for l in torch.randperm(L, generator=gen).tolist():
-            prev_cols = perms[l - 1] if l > 0 else slice(None)
-            score = Wa[l] @ Wb[l][:, prev_cols].mT
             next_rows = perms[l + 1] if l + 1 < L else slice(None)
-            score = score + Wa[l + 1].mT @ Wb[l + 1][next_rows]
-            for fa, fb in zip(Fa[l], Fb[l]):
-                score = score + torch.outer(fa, fb)
+            score = incoming_score(l) + Wa[l + 1].mT @ Wb[l + 1][next_rows]
             P = linear_assignment(score)
             new = P.argmax(dim=1).to(perms[l].device)
             if not torch.equal(new, perms[l]):
