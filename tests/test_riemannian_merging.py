@@ -111,6 +111,28 @@ def test_decoupling_is_kabsch_procrustes(out_f, in_f, seed):
         torch.testing.assert_close(reso, rest.T)
 
 
+@given(st.integers(1, 4), st.integers(3, 9), seeds)
+def test_decoupling_of_a_wide_layer_takes_the_optimal_rotation_closest_to_the_identity(out_f, in_f, seed):
+    # W0 R leaves directions outside W0's row space unseen: every rotation agreeing on the row space is optimal,
+    # and the one returned must be the closest to I (in particular no farther than the planted one)
+    g = torch.Generator().manual_seed(seed)
+    W0 = torch.randn(out_f, in_f, generator=g, dtype=torch.float64)
+    M = torch.randn(in_f, in_f, generator=g, dtype=torch.float64)
+    R_true = _expm64(0.5 * (M - M.T))
+    R, res = decouple_orthogonal(W0, W0 @ R_true)
+    assert float(torch.linalg.matrix_norm(res)) <= 1e-12
+    assert float(torch.linalg.det(R)) == pytest.approx(1.0)
+    assert float(torch.linalg.matrix_norm(R - torch.eye(in_f, dtype=torch.float64))) <= \
+        float(torch.linalg.matrix_norm(R_true - torch.eye(in_f, dtype=torch.float64))) + 1e-10
+    # directions orthogonal to both row spaces are left alone (up to one flip when the determinant needs it)
+    rows = torch.cat([W0, W0 @ R_true])
+    _, sv, vh = torch.linalg.svd(rows)
+    null = vh[int((sv > 1e-10).sum()):]
+    if null.shape[0] >= 2:
+        fixed = (null @ R.T * null).sum(1)          # <v, R v> for each null direction v
+        assert int((fixed > 1 - 1e-10).sum()) >= null.shape[0] - 1
+
+
 @given(st.integers(2, 6), st.integers(1, 6), st.integers(1, 4), seeds)
 def test_orthomerge_of_pure_rotations_stays_on_the_orbit_of_the_base(d, out_f, T, seed):
     # experts W0 R_i: OrthoMerge returns W0 R with R = cay(norm-corrected average of the Cayley coordinates), a

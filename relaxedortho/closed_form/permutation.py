@@ -1,4 +1,4 @@
-r"""The permutation end of the spectrum: matching units of two representations (``docs/math.md`` §12).
+r"""The permutation end of the spectrum: matching units of two representations (``docs/math.md`` §13).
 
 Among (signed) permutation matrices — the orthogonal matrices with entries in {0, ±1} — the one closest to the data,
 :math:`\arg\min_P\lVert XP - Y\rVert_F^2 = \arg\max_P\operatorname{tr}(P^\top X^\top Y)` for square P, is a

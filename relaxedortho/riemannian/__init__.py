@@ -1,4 +1,4 @@
-r"""Riemannian tools on the orthogonal group and the Stiefel manifold (``docs/math.md`` §10–§13).
+r"""Riemannian tools on the orthogonal group and the Stiefel manifold (``docs/math.md`` §10–§14).
 
 - :mod:`~relaxedortho.riemannian.geodesics`: the principal logarithm of a rotation (:func:`skew_log`), log/exp maps
   at a point, geodesics and the geodesic distance on O(n);

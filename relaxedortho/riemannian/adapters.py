@@ -1,5 +1,5 @@
 r"""Orthogonal-basis adapters (Po, Yang, Aberman & Wetzstein 2024, "Orthogonal adaptation for modular customization
-of diffusion models", CVPR; ``docs/math.md`` §13).
+of diffusion models", CVPR; ``docs/math.md`` §14).
 
 A low-rank adapter changes a weight (``out x in``) by :math:`\Delta W_i = A_iB_i^\top` (:math:`A_i` out×r trained,
 :math:`B_i` in×r). Orthogonal adaptation freezes each :math:`B_i` to a different slice of *one shared* orthonormal

@@ -1,4 +1,4 @@
-r"""Means of orthogonal matrices: the Riemannian (Karcher) mean and the chordal mean (``docs/math.md`` §10).
+r"""Means of orthogonal matrices: the Riemannian (Karcher) mean and the chordal mean (``docs/math.md`` §11).
 
 **Karcher mean.** The minimiser of :math:`f(R) = \tfrac12\sum_i w_i\, d^2(R, R_i)` (weights :math:`w_i \ge 0`
 normalised to sum 1; :math:`d` the geodesic distance of :mod:`~relaxedortho.riemannian.geodesics`), found by

@@ -1,4 +1,4 @@
-r"""Model merging: task arithmetic, TIES and OrthoMerge, on tensors and on whole models (``docs/math.md`` §11).
+r"""Model merging: task arithmetic, TIES and OrthoMerge, on tensors and on whole models (``docs/math.md`` §12).
 
 Experts :math:`W_i` (i = 1..T) fine-tuned from one base :math:`W_0`; task vectors :math:`\tau_i = W_i - W_0`.
 
@@ -198,6 +198,25 @@ def _rotation_target(W0: torch.Tensor, experts: list[torch.Tensor], i: int, rota
     return W0 + deltas[i] * mask
 
 
+def _kabsch_nearest_identity(M: torch.Tensor) -> torch.Tensor:
+    r"""The rotation R maximising tr(RᵀM) (Kabsch), and among the maximisers the one closest to the identity.
+
+    With :math:`M = U\Sigma V^\top` of rank r < d, every :math:`R = U_rV_r^\top + U_\perp QV_\perp^\top`
+    (Q orthogonal) is optimal; :math:`Q = \operatorname{polar}(U_\perp^\top V_\perp)` (with the determinant fixed so
+    that det R = +1) maximises tr R. A plain SVD would complete the null space arbitrarily, i.e. add rotations by
+    arbitrary angles (up to π) in directions W₀ never sees, which then dominate OrthoMerge's average.
+    """
+    d = M.shape[-1]
+    u, sv, vh = torch.linalg.svd(M)
+    tol = d * torch.finfo(torch.float64).eps * float(sv[0]) if d else 0.0
+    r = int((sv > tol).sum())
+    if r >= d - 1:   # unique up to the determinant fix of the smallest direction (or a one-dimensional null space)
+        return special_polar(M, 1.0)
+    v = vh.mT
+    Q = special_polar(u[:, r:].mT @ v[:, r:], torch.linalg.det(u).sign() * torch.linalg.det(v).sign())
+    return u[:, :r] @ v[:, :r].mT + u[:, r:] @ Q @ v[:, r:].mT
+
+
 def decouple_orthogonal(base: Any, expert: Any, *, side: str = "input", target: Any = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Orthogonal–residual decoupling of one expert (Yang, Shi & Liu 2026): the rotation
@@ -211,7 +230,10 @@ def decouple_orthogonal(base: Any, expert: Any, *, side: str = "input", target: 
 
     Returns ``(R, residual)`` in float64. ``R`` is the Kabsch solution
     :math:`U\,\mathrm{diag}(1,\dots,1,\det UV^\top)V^\top` of :math:`W_0^\top W = U\Sigma V^\top`
-    (:func:`~relaxedortho.riemannian.group.special_polar`).
+    (:func:`~relaxedortho.riemannian.group.special_polar`). When :math:`W_0^\top W` is rank-deficient (always for
+    ``side="input"`` on a layer with fewer outputs than inputs) the optimal rotation is not unique: on the null
+    space, where it does not change :math:`W_0R`, the rotation closest to the identity is taken (an SVD alone would
+    rotate those directions by arbitrary angles, up to π).
 
     Example:
         >>> W0 = torch.eye(2, dtype=torch.float64)
@@ -226,9 +248,9 @@ def decouple_orthogonal(base: Any, expert: Any, *, side: str = "input", target: 
         raise ValueError(f"expert has shape {tuple(W.shape)} but base has {tuple(W0.shape)}")
     T = W if target is None else as_float_tensor(target, "target", ndim=2).double().to(W0.device)
     if side == "input":
-        R = special_polar(W0.mT @ T, 1.0)
+        R = _kabsch_nearest_identity(W0.mT @ T)
         return R, W - W0 @ R
-    R = special_polar(T @ W0.mT, 1.0)
+    R = _kabsch_nearest_identity(T @ W0.mT)
     return R, W - R @ W0
 
 

@@ -1,5 +1,5 @@
 r"""Weight matching of two MLPs (Ainsworth, Hayase & Srinivasa 2023, "Git Re-Basin: merging models modulo permutation
-symmetries", ICLR) and hidden-unit permutations (``docs/math.md`` §12).
+symmetries", ICLR) and hidden-unit permutations (``docs/math.md`` §13).
 
 Permuting the hidden units of an MLP — the rows of one layer's weight and bias, the columns of the next layer's
 weight, and any per-unit parameters in between — leaves the function unchanged when everything between the two
