@@ -54,6 +54,10 @@ def test_karcher_mean_in_so2_is_the_weighted_mean_angle(angles, offset, data):
     expected = rot2(offset + float(np.average(angles, weights=w)))
     assert res.converged and res.within_convexity_radius
     torch.testing.assert_close(res.mean, expected, atol=1e-13, rtol=0)
+    # rotations of the plane commute: one step of size 1 from any data point lands on the mean
+    one = karcher_mean(pts, weights=w, init=pts[-1])
+    assert one.iterations <= 1
+    torch.testing.assert_close(one.mean, expected, atol=1e-13, rtol=0)
 
 
 @given(st.integers(2, 7), st.integers(1, 4), seeds, dtypes)
@@ -136,6 +140,12 @@ def test_component_handling():
     assert float(torch.linalg.det(chordal_mean([R, F], group="SO"))) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="other component"):
         karcher_mean([R, R.T], init=F)
+    # three half-turns about the axes sum to -I: the plain polar factor leaves SO(3), the component mean does not
+    half_turns = [torch.diag(torch.tensor(v, dtype=torch.float64)) for v in ([1.0, -1.0, -1.0], [-1.0, 1.0, -1.0],
+                                                                             [-1.0, -1.0, 1.0])]
+    assert float(torch.linalg.det(chordal_mean(half_turns, group="O"))) == pytest.approx(-1.0)
+    inside = chordal_mean(half_turns)
+    assert float(torch.linalg.det(inside)) == pytest.approx(1.0) and orth_err(inside) <= 1e-14
 
 
 def test_flags_warnings_and_bad_input():

@@ -4,7 +4,7 @@ r"""Riemannian tools on the orthogonal group and the Stiefel manifold (``docs/ma
   at a point, geodesics and the geodesic distance on O(n);
 - :mod:`~relaxedortho.riemannian.stiefel`: exponential (canonical and Euclidean metrics), logarithm (canonical,
   Zimmermann's algorithm) and geodesics on St(n, p);
-- :mod:`~relaxedortho.riemannian.cayley`: the Cayley chart and its inverse;
+- :mod:`~relaxedortho.riemannian.cayley_chart`: the Cayley chart and its inverse;
 - :mod:`~relaxedortho.riemannian.means`: Karcher and chordal means, weighted;
 - :mod:`~relaxedortho.riemannian.merging`: task arithmetic, TIES and OrthoMerge on tensors and models;
 - :mod:`~relaxedortho.riemannian.rebasin`: weight matching of two MLPs (Git Re-Basin) and hidden-unit permutations;
@@ -16,7 +16,7 @@ matrix functions accept batches ``(..., n, n)``. SciPy (for the linear assignmen
 used.
 """
 from .adapters import adapter_interference, orthogonal_adapter_bases
-from .cayley import cayley, cayley_inverse
+from .cayley_chart import cayley, cayley_inverse
 from .geodesics import distance, exp_map, geodesic, log_map, skew_log
 from .group import check_orthogonal, determinant_sign, special_polar
 from .means import CONVEXITY_RADIUS, KarcherMean, chordal_mean, karcher_mean

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .._checks import as_float_tensor, check_choice, check_nonnegative
-from .cayley import cayley, cayley_inverse
+from .cayley_chart import cayley, cayley_inverse
 from .group import special_polar
 
 __all__ = ["task_arithmetic", "ties_merge", "norm_corrected_average", "decouple_orthogonal", "orthomerge",
