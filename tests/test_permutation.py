@@ -101,7 +101,7 @@ def test_permutation_options_are_validated():
         fit_closed_form(X, X, kind="permutation", center=True)
 
 
-# -- weight matching -----------------------------------------------------------------------------------------------------
+# -- weight matching ---------------------------------------------------------------------------------------------------
 ACTIVATIONS = [nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.LeakyReLU]
 
 

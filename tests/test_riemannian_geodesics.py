@@ -1,4 +1,5 @@
-"""Geodesics, logarithm, Cayley chart and Stiefel geodesics: property tests against SciPy and constructed ground truth."""
+"""Geodesics, logarithm, Cayley chart and Stiefel geodesics: property tests against SciPy and constructed ground
+truth."""
 import math
 
 import numpy as np

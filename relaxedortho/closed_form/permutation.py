@@ -1,7 +1,7 @@
 r"""The permutation end of the spectrum: matching units of two representations (``docs/math.md`` §13).
 
-Among (signed) permutation matrices — the orthogonal matrices with entries in {0, ±1} — the one closest to the data,
-:math:`\arg\min_P\lVert XP - Y\rVert_F^2 = \arg\max_P\operatorname{tr}(P^\top X^\top Y)` for square P, is a
+Among (signed) permutation matrices — the orthogonal matrices with entries in {0, ±1} — the one closest to the
+data, :math:`\arg\min_P\lVert XP - Y\rVert_F^2 = \arg\max_P\operatorname{tr}(P^\top X^\top Y)` for square P, is a
 maximum-weight matching of the units of X to the units of Y on the score :math:`M = X^\top Y` (Li et al. 2016,
 "Convergent learning: do different neural networks learn the same representations?", ICLR; Ainsworth, Hayase &
 Srinivasa 2023, "Git Re-Basin", ICLR, activation matching). It is solved exactly by the Hungarian algorithm

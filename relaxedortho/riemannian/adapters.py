@@ -10,8 +10,8 @@ basis of the input space, so :math:`B_i^\top B_j = 0` for i ≠ j and, whatever 
 the adapters read disjoint input directions, and an input in adapter j's directions is untouched by adapter i
 (:math:`\Delta W_i B_j = 0`), so independently trained adapters can be summed without crosstalk. In the row convention
 of ``docs/math.md`` (:math:`W = \Delta W^\top`, p×q) the same quantity is :math:`W_i^\top W_j`. The output sides
-(:math:`\Delta W_i^\top\Delta W_j = B_iA_i^\top A_jB_j^\top`) are not constrained. At most ``in // r`` adapters of rank r
-fit; Po et al. use random Gaussian :math:`B_i` (nearly orthogonal in high dimension) beyond that.
+(:math:`\Delta W_i^\top\Delta W_j = B_iA_i^\top A_jB_j^\top`) are not constrained. At most ``in // r`` adapters of
+rank r fit; Po et al. use random Gaussian :math:`B_i` (nearly orthogonal in high dimension) beyond that.
 """
 from __future__ import annotations
 

@@ -234,7 +234,8 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_sweeps: int =
             P = linear_assignment(score)
             new = P.argmax(dim=1).to(perms[l].device)
             if not torch.equal(new, perms[l]):
-                gain = float((P * score).sum()) - float(score[torch.arange(len(new)), perms[l]].sum())
+                rows = torch.arange(len(new), device=score.device)
+                gain = float((P * score).sum()) - float(score[rows, perms[l]].sum())
                 if gain > 1e-12 * max(1.0, abs(history[-1])):
                     perms[l] = new
                     changed = True

@@ -9,12 +9,18 @@ Appl. 20(2)):
   (the quotient metric of O(n)); with :math:`A = U^\top\Delta` and :math:`QB = (I - UU^\top)\Delta` (Q orthonormal,
   Q ⟂ U), the geodesic is (their Eq. 2.42)
 
-  .. math:: U(t) = [U, Q]\,\exp\!\Big(t\begin{bmatrix} A & -B^\top\\ B & 0\end{bmatrix}\Big)\begin{bmatrix}I_p\\ 0\end{bmatrix};
+  .. math::
+
+     U(t) = [U, Q]\,\exp\!\Big(t\begin{bmatrix} A & -B^\top\\ B & 0\end{bmatrix}\Big)
+     \begin{bmatrix}I_p\\ 0\end{bmatrix};
 
 - **Euclidean** (embedded) :math:`g_e(\Delta, \Delta) = \operatorname{tr}(\Delta^\top\Delta)`, with
   :math:`S = \Delta^\top\Delta` (their Eq. 2.45 in the form of Zimmermann 2017):
 
-  .. math:: U(t) = [U, \Delta]\,\exp\!\Big(t\begin{bmatrix} A & -S\\ I & A\end{bmatrix}\Big)\begin{bmatrix}I_p\\ 0\end{bmatrix}\exp(-tA).
+  .. math::
+
+     U(t) = [U, \Delta]\,\exp\!\Big(t\begin{bmatrix} A & -S\\ I & A\end{bmatrix}\Big)
+     \begin{bmatrix}I_p\\ 0\end{bmatrix}\exp(-tA).
 
 For p = n both reduce to the group geodesic :math:`U\exp(tA)`. The **logarithm** implemented is the canonical one,
 by Zimmermann's algorithm (R. Zimmermann 2017, "A matrix-algebraic algorithm for the Riemannian logarithm on the
