@@ -61,9 +61,9 @@ def cayley_inverse(R: Any) -> torch.Tensor:
     singular), or has the eigenvalue −1 (an angle of π, where the chart coordinate is infinite; judged by
     :math:`\lVert A\rVert_2 = \tan(\theta_{\max}/2)` exceeding :math:`1/(c\sqrt n\,\varepsilon)` with
     c = :data:`~relaxedortho.riemannian.geodesics.CUT_LOCUS_FACTOR`). Computed in float64 with one solve and
-    skew-symmetrized (removing rounding), returned in ``R``'s dtype. Near an angle π the coordinate is ill-conditioned (it grows like
-    :math:`2/(\pi - \theta)`); merge in the logarithm (:func:`~relaxedortho.riemannian.skew_log`) if angles can be
-    large.
+    skew-symmetrized (removing rounding), returned in ``R``'s dtype. Near an angle π the coordinate is
+    ill-conditioned (it grows like :math:`2/(\pi - \theta)`); merge in the logarithm
+    (:func:`~relaxedortho.riemannian.skew_log`) if angles can be large.
 
     Example:
         >>> R = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
