@@ -91,6 +91,21 @@ def test_cross_score_follows_offsets_in_a_partial_matching_where_correlation_doe
     assert not torch.equal(fit_closed_form(X, Y, kind="permutation", score="cross").weight.detach().T, P)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_scales_are_matched_in_float64_and_never_silently_wrong_in_float32(scale):
+    g = torch.Generator().manual_seed(0)
+    X = embeddings(300, 8, g)
+    P = planted(8, 8, True, g)
+    Y = X @ P + 0.01 * torch.randn(300, 8, generator=g, dtype=torch.float64)
+    m = fit_closed_form(X * scale, Y * scale, kind="permutation", signed=True)
+    assert torch.equal(m.weight.detach().T, P)
+    m32 = fit_closed_form((X * scale).float(), (Y * scale).float(), kind="permutation", signed=True,
+                          precision="float64")
+    assert torch.equal(m32.weight.detach().double().T, P)
+    with pytest.raises(ValueError, match="precision='float64'"):   # float32 products of 1e±30 leave float32's range
+        fit_closed_form((X * scale).float(), (Y * scale).float(), kind="permutation", signed=True)
+
+
 def test_permutation_options_are_validated():
     X = torch.randn(10, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="score"):

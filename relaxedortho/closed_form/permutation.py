@@ -88,5 +88,9 @@ def solve_permutation(m: PairedMoments, *, signed: bool = False, score: str = "c
         C = torch.where(denom > 0, C / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(C))
     else:
         C = m.cross()
+    if not bool(torch.isfinite(C).all()) or not bool((C != 0).any()):
+        what = "NaN or Inf" if not bool(torch.isfinite(C).all()) else "all zero"
+        raise ValueError(f"the matching scores are {what}: constant units, or the accumulated moments over- or "
+                         "underflowed (float32 products of values beyond about 1e±19); pass precision='float64'")
     W = linear_assignment(C, signed=signed)
     return ClosedFormSolution(W, orthogonal=True, info={"score": score, "matched_score": float((W * C).sum())})
