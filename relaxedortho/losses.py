@@ -23,15 +23,20 @@ processes, so DDP's gradient averaging yields exactly the gradient of the global
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_positive
+from ._lazy import lazy_exports
 
-from .training.distributed import gather_with_grad  # noqa: E402  (re-exported: one implementation)
+# gather_with_grad is re-exported (one implementation, in training/distributed.py) and imported at first use:
+# importing the losses does not import the training package.
+__getattr__, __dir__ = lazy_exports(__name__, {"gather_with_grad": "relaxedortho.training.distributed"})
+if TYPE_CHECKING:
+    from .training.distributed import gather_with_grad
 
 __all__ = ["backward_loss", "forward_loss", "supervised_contrastive", "influence_loss", "gather_with_grad"]
 

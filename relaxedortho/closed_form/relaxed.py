@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 from .._checks import check_choice, check_nonnegative
 from .solution import ClosedFormSolution
@@ -143,6 +142,8 @@ def frobenius_singular_values(z: torch.Tensor, radius: float) -> torch.Tensor:
         lo, hi = hi, hi * 4
         if hi > 1e300:  # pragma: no cover - the deviation tends to 0
             break
+    from scipy.optimize import brentq  # imported here: scipy.optimize costs ~1 s to import
+
     nu = brentq(excess, lo, hi, xtol=1e-300, rtol=4 * np.finfo(np.float64).eps, maxiter=500)
     return torch.from_numpy(_cubic_roots(zz, 1.0, nu)).to(z.device, z.dtype)
 

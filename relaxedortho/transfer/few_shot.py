@@ -31,6 +31,10 @@ def _check_data(inputs, labels, model):
 
 
 def _optimizer(params: list[nn.Parameter], lr: float, maps: list[nn.Module]):
+    from .._geoopt import is_manifold_parameter
+
+    if not any(is_manifold_parameter(p) for m in maps for p in m.parameters()):  # no geoopt import for plain maps
+        return torch.optim.Adam(params, lr=lr)
     from ..maps import StiefelLinear, riemannian_lr
 
     stiefel = [m for m in maps if isinstance(m, StiefelLinear)]
