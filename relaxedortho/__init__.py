@@ -27,16 +27,18 @@ _EXPORTS = {
     **dict.fromkeys(["TransferredLinear", "apply_task_vector", "merge_transferred", "procrustes_weight",
                      "run_transfer_demo", "soft_orthogonal_map", "task_vector", "train_transfer_maps",
                      "transfer_task_vector"], ".transfer"),
+    **dict.fromkeys(["karcher_mean", "chordal_mean", "geodesic", "merge_models", "weight_matching"], ".riemannian"),
 }
 _SUBMODULES = ["linalg", "penalties", "losses", "metrics", "similarity", "serialization", "maps", "closed_form",
-               "training", "transfer", "data", "demo", "cli", "testing", "_checks", "_geoopt"]
+               "training", "transfer", "riemannian", "data", "demo", "cli", "testing", "_checks", "_geoopt"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 if TYPE_CHECKING:  # what static analysers and IDEs see: the eager imports that __getattr__ performs on demand
-    from . import closed_form, linalg, losses, metrics, penalties, similarity, training, transfer
+    from . import closed_form, linalg, losses, metrics, penalties, riemannian, similarity, training, transfer
     from .closed_form import ClosedFormAlignment, fit_closed_form, lambda_init
     from .maps import AffineMap, AlignmentMap, LambdaOrthoLinear, OrthogonalLinear, StiefelLinear, riemannian_lr
+    from .riemannian import chordal_mean, geodesic, karcher_mean, merge_models, weight_matching
     from .serialization import load, save
     from .similarity import linear_cka, procrustes_distance
     from .training import Trainer, TrainHistory, fit_alignment, fit_pair, lambda_sweep, plot_tradeoff
@@ -50,4 +52,5 @@ __all__ = ["AffineMap", "AlignmentMap", "LambdaOrthoLinear", "OrthogonalLinear",
            "merge_transferred", "soft_orthogonal_map", "procrustes_weight", "train_transfer_maps",
            "run_transfer_demo", "training", "fit_alignment", "Trainer", "TrainHistory", "fit_pair",
            "lambda_sweep", "plot_tradeoff", "closed_form", "similarity", "fit_closed_form",
-           "ClosedFormAlignment", "lambda_init", "linear_cka", "procrustes_distance"]
+           "ClosedFormAlignment", "lambda_init", "linear_cka", "procrustes_distance", "riemannian", "karcher_mean",
+           "chordal_mean", "geodesic", "merge_models", "weight_matching"]
