@@ -22,7 +22,7 @@ Feature files (:func:`load_features`) hold one 2-D floating array of embeddings,
 =============  ================================================================================
 
 Label files (:func:`load_labels`) hold one integer label per row: the same formats, or a text file
-(``.txt``/``.csv``/``.tsv``, one label per line).
+(``.txt``/``.csv``/``.tsv``, one label per line; a line with several columns is refused, not cut).
 """
 from __future__ import annotations
 
@@ -179,13 +179,23 @@ def _read_array(spec: str | os.PathLike, what: str, *, mmap: bool = True, text_o
             if t.dtype == torch.bfloat16:
                 t = t.float()
             return t.numpy()
-        # text labels
+        # text labels: one integer per line, nothing else (a second column would be silently dropped)
+        labels = []
         with open(path, encoding="utf-8") as fh:
-            tokens = [ln.strip().split(",")[0].split("\t")[0] for ln in fh if ln.strip()]
-        try:
-            return np.array([int(t) for t in tokens], dtype=np.int64)
-        except ValueError:
-            raise DataFileError(f"{what} file {path} must hold one integer per line") from None
+            for lineno, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text:
+                    continue
+                fields = [f for f in text.replace("\t", ",").replace(";", ",").split(",")]
+                if len(fields) != 1 or len(text.split()) != 1:
+                    raise DataFileError(f"{what} file {path} must hold one integer label per line; line {lineno} "
+                                        f"has several columns ({text[:40]!r})")
+                try:
+                    labels.append(int(text))
+                except ValueError:
+                    raise DataFileError(f"{what} file {path} must hold one integer label per line; line {lineno} "
+                                        f"is {text[:40]!r}") from None
+        return np.array(labels, dtype=np.int64)
     except DataFileError:
         raise
     except Exception as exc:  # NumPy/torch/zip raise many types for corrupt files

@@ -13,9 +13,10 @@ from .history import TrainHistory
 from .optimizers import make_optimizer, parameter_groups
 from .pair import PairMaps, PairTrainer, fit_pair
 from .sweep import SweepTable, lambda_sweep, neighbour_agreement, plot_tradeoff
-from .trainer import NonFiniteLossError, Trainer, default_retrieval_metric, fit_alignment
+from .trainer import NonFiniteLossError, Trainer, TrainingDivergedError, default_retrieval_metric, fit_alignment
 
-__all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "default_retrieval_metric",
+__all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "TrainingDivergedError",
+           "default_retrieval_metric",
            "fit_pair", "PairTrainer", "PairMaps", "make_optimizer", "parameter_groups", "save_checkpoint",
            "load_checkpoint", "gather_with_grad", "launch", "lambda_sweep", "SweepTable", "plot_tradeoff",
            "neighbour_agreement"]
