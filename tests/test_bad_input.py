@@ -868,3 +868,59 @@ def test_memmap_training_and_validation_emit_no_warning(tmp_path, monkeypatch):
     ro_array = np.asarray(xm)  # a read-only in-memory view
     training.fit_alignment(ro.AffineMap(4, 4), ro_array, Y, epochs=1, batch_size=8, progress=False)
     assert seen and all(seen), "a read-only array reached torch.from_numpy"
+
+
+def test_save_into_a_read_only_folder_names_the_file(tmp_path, monkeypatch):
+    """A folder without write permission: PermissionError naming the file, no temporary file left. Simulated
+    (root ignores permissions), and for real when not root."""
+    import builtins
+
+    target = tmp_path / "m.pt"
+    real_open = builtins.open
+
+    def refuse(path, mode="r", *a, **k):
+        if "w" in mode and str(path).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(PermissionError, match=r"cannot write the map to .*m\.pt: Permission denied"):
+        ro.save(ro.AffineMap(2, 2), target)
+    monkeypatch.undo()
+    assert not list(tmp_path.iterdir())
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        try:
+            with pytest.raises(PermissionError, match="cannot write the map"):
+                ro.save(ro.AffineMap(2, 2), folder / "m.pt")
+        finally:
+            folder.chmod(0o700)
+
+
+def test_a_failed_cli_fit_writes_nothing(f, tmp_path):
+    """A diverged trained fit exits 1 without a map file or a JSON summary (issue 11: it used to exit 0 and save a
+    map with MSE 2.6e13)."""
+    out, js = tmp_path / "b.pt", tmp_path / "b.json"
+    with pytest.raises(CLIFailed, match="training diverged"):
+        cli("fit", f.p("new.npy"), f.p("old.npy"), "--out", out, "--json", js, "--kind", "affine", "--solver",
+            "trained", "--lr", "1e6", "--epochs", "20", "--quiet")
+    assert not out.exists() and not js.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_internal_errors_are_one_line_unless_asked(f, monkeypatch, capsys):
+    """An unexpected exception (a bug) is one line with its type; RELAXEDORTHO_TRACEBACK=1 re-raises it."""
+    import relaxedortho.cli as cli_module
+
+    def boom(*a, **k):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(cli_module, "build_map", boom)
+    argv = ["fit", f.p("new.npy"), f.p("old.npy"), "--out", f.p("o.pt"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("relaxedortho fit: error: internal error (KeyError") and "\n" not in err
+    monkeypatch.setenv("RELAXEDORTHO_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        main(argv)
