@@ -221,7 +221,8 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
     except TrainingDivergedError as exc:  # the library's advice names Python arguments: say it in options
         h = exc.history
         raise CLIError(f"training diverged: the last epoch's mean loss ({h.loss[-1]:.4g}) is far above the "
-                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {lr:g}; try {lr / 10:g}) or rescale the data") from None
+                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {lr:g}; "
+                       f"try {lr / 10:g}) or rescale the data") from None
     except NonFiniteLossError as exc:
         raise CLIError(f"training failed: the loss became NaN or Inf at step {exc.step}; no map is saved. Use a "
                        f"smaller --lr (now {lr:g}; try {lr / 10:g}) or rescale the data") from None

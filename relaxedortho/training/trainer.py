@@ -361,7 +361,7 @@ class Trainer:
         restored = early.get("best_state") is not None and self.restore_best and self.early_stopping
         epoch = early["best_epoch"] if restored else len(h.loss) - 1
         final, start = h.loss[epoch], max(h.initial_loss, floor)
-        if final > self.divergence_factor * start:
+        if start > 0 and final > self.divergence_factor * start:  # start 0: all-zero targets fitted exactly
             lr = f"now {self.lr:g}; " if self.optimizer_spec is None else ""
             raise TrainingDivergedError(
                 f"training diverged: the mean loss of epoch {epoch + 1} ({final:.4g}) is {final / start:.3g} times "
