@@ -186,15 +186,17 @@ def _read_array(spec: str | os.PathLike, what: str, *, mmap: bool = True, text_o
                 text = line.strip()
                 if not text:
                     continue
-                fields = [f for f in text.replace("\t", ",").replace(";", ",").split(",")]
-                if len(fields) != 1 or len(text.split()) != 1:
-                    raise DataFileError(f"{what} file {path} must hold one integer label per line; line {lineno} "
-                                        f"has several columns ({text[:40]!r})")
-                try:
-                    labels.append(int(text))
-                except ValueError:
-                    raise DataFileError(f"{what} file {path} must hold one integer label per line; line {lineno} "
-                                        f"is {text[:40]!r}") from None
+                problem = None
+                if len(text.replace("\t", ",").replace(";", ",").split(",")) != 1 or len(text.split()) != 1:
+                    problem = "has several columns"
+                else:
+                    try:
+                        labels.append(int(text))
+                    except ValueError:
+                        problem = "is"
+                if problem:
+                    raise DataFileError(f"{what} file {path} must hold one integer per line (a label); line "
+                                        f"{lineno} {problem} {text[:40]!r}")
         return np.array(labels, dtype=np.int64)
     except DataFileError:
         raise

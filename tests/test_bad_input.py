@@ -719,7 +719,7 @@ row("cli:fit", lambda f: cli("fit", f.p("new.npy"), f.p("old.npy"), "--out", f.p
                              f.p("two_columns.csv"), "--quiet"), CLIFailed, "several columns",
     "cli-fit-two-column-labels")
 row("cli:fit", lambda f: cli("fit", f.p("new.npy"), f.p("old.npy"), "--out", f.p("o.pt"), "--labels",
-                             f.p("words.txt"), "--quiet"), CLIFailed, "one integer label per line",
+                             f.p("words.txt"), "--quiet"), CLIFailed, "one integer per line",
     "cli-fit-word-labels")
 row("cli:fit", lambda f: cli("fit", f.p("short.npy"), f.p("old.npy"), "--out", f.p("o.pt")), CLIFailed,
     "same number of rows", "cli-fit-row-mismatch")
