@@ -306,7 +306,7 @@ row(cf.accumulate_moments, lambda f: cf.accumulate_moments(X, Y, second_moments=
 row(cf.lambda_init, lambda f: cf.lambda_init(X, Y, lam=-1.0), ValueError, "lam", "lambda_init-negative-lam")
 row(cf.lambda_init, lambda f: cf.lambda_init(X_NAN, Y), ValueError, "NaN", "lambda_init-nan")
 row(cf.lambda_init, lambda f: cf.lambda_init(X, Y, device="cuda"), ValueError, "no CUDA GPU",
-    "lambda_init-cuda-without-gpu", pending="relaxed-speed", cuda=True)
+    "lambda_init-cuda-without-gpu", pending="harden-maps", cuda=True)
 row(cf.lambda_init, lambda f: cf.lambda_init(X, Y, solver="nope"), ValueError, "solver", "lambda_init-bad-solver")
 row(cf.generalized_procrustes, lambda f: cf.generalized_procrustes([X]), ValueError, "views",
     "gpa-one-view")
