@@ -91,10 +91,11 @@ class RowArray:
                 self.max_abs = 0.0
                 for start in range(0, data.shape[0], CHECK_CHUNK_ROWS):
                     chunk = np.asarray(data[start:start + CHECK_CHUNK_ROWS])
-                    if not np.isfinite(chunk).all():
-                        raise ValueError(f"{name} contains NaN or Inf values (rows from {start})")
-                    if chunk.size:
-                        self.max_abs = max(self.max_abs, float(np.abs(chunk).max()))
+                    if chunk.size:  # min and max propagate NaN: finite iff every entry is
+                        lo, hi = float(chunk.min()), float(chunk.max())
+                        if not (math.isfinite(lo) and math.isfinite(hi)):
+                            raise ValueError(f"{name} contains NaN or Inf values (rows from {start})")
+                        self.max_abs = max(self.max_abs, -lo, hi)
         else:
             if data.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"{name} must have a floating dtype, got {data.dtype}")
@@ -128,7 +129,7 @@ class RowArray:
             return self.data.index_select(0, index)  # preloaded on the device in the right dtype
         if self.memmap:
             sel = index if isinstance(index, slice) else index.cpu().numpy()
-            t = torch.from_numpy(np.array(self.data[sel], order="C", copy=True))  # a writable copy of the rows
+            t = tensor_from_numpy(self.data[sel])  # a slice of a read-only map is copied, gathered rows are not
         elif isinstance(index, slice):
             t = self.data[index]
         else:
