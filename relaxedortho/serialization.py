@@ -3,8 +3,9 @@
 A saved file is a dict ``{"format": "relaxedortho-map", "version": 1, "class": name, "config": {...},
 "dtype": name, "state_dict": {...}, "checksum": hex}`` of plain tensors, strings and numbers; ``checksum`` is the
 SHA-256 of the class, config, dtype and every tensor's bytes, so a file corrupted inside its data is refused
-rather than loaded with other weights (files without it, from earlier versions, load unchecked). Plain ``torch.save(module)`` pickles the
-class itself, which fails for parametrized modules and cannot be read with ``weights_only=True``.
+rather than loaded with other weights (files without it, from earlier versions, load unchecked). Plain
+``torch.save(module)`` pickles the class itself, which fails for parametrized modules and cannot be read with
+``weights_only=True``.
 
 Every failure is one exception whose message names the file: an :class:`OSError` subclass for the file system (a
 missing file or folder, a folder where a file is expected, no permission), a :class:`ValueError` for contents

@@ -14,7 +14,7 @@ import inspect
 import io
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -41,7 +41,6 @@ class Row:
     id: str
     pending: str | None = None      # the branch whose fix this row waits for
     needs_no_cuda: bool = False
-    marks: list = field(default_factory=list)
 
 
 ROWS: list[Row] = []
@@ -50,10 +49,6 @@ ROWS: list[Row] = []
 def row(target, call, exc, phrase, id, *, pending=None, cuda=False):
     """Add a row. ``cuda=True``: the bad input is a CUDA device, which is only bad without a GPU."""
     ROWS.append(Row(target, call, exc, phrase, id, pending, cuda))
-
-
-def name_of(target) -> str:
-    return target if isinstance(target, str) else target.__qualname__
 
 
 class CLIFailed(Exception):
@@ -131,13 +126,6 @@ def _overflowing():
     with torch.no_grad():
         m.l1.weight.mul_(1e30)
     return m
-
-
-def _sweep_table():
-    t = training.SweepTable()
-    t.rows.append({"map": "lambda", "lam": 1.0, "fit_mse": 0.1, "geometry": 1.0, "orthogonality_error": 0.1,
-                   "metric": math.nan})
-    return t
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +213,10 @@ def _one_percent_off(k):
 
 row(ro.AlignmentMap, lambda f: ro.AffineMap.from_matrix(W44, X[:, 0]), ValueError, "bias",
     "AlignmentMap.from_matrix-bias-length")
-row(ro.riemannian_lr, lambda f: ro.riemannian_lr(-1e-3, 4, 4), ValueError, "lr", "riemannian_lr-negative", pending="harden-maps")
-row(ro.riemannian_lr, lambda f: ro.riemannian_lr(1e-3, 0, 4), ValueError, "in_features", "riemannian_lr-zero-width", pending="harden-maps")
+row(ro.riemannian_lr, lambda f: ro.riemannian_lr(-1e-3, 4, 4), ValueError, "lr", "riemannian_lr-negative",
+    pending="harden-maps")
+row(ro.riemannian_lr, lambda f: ro.riemannian_lr(1e-3, 0, 4), ValueError, "in_features", "riemannian_lr-zero-width",
+    pending="harden-maps")
 
 # ----------------------------------------------------------------------------------------------- rows: save/load
 row(ro.save, lambda f: ro.save(nn.Conv1d(1, 1, 1), f.p("conv.pt")), TypeError, "Conv1d", "save-conv")
@@ -336,7 +326,8 @@ row(cf.rotation_factor, lambda f: cf.rotation_factor(W44[:3]), ValueError, "squa
 row(cf.rotation_factor, lambda f: cf.rotation_factor(X_NAN[:4]), ValueError, "NaN", "rotation_factor-nan",
     pending="harden-closed")
 for solver, kw in ((cf.solve_orthogonal, {}), (cf.solve_rotation, {}), (cf.solve_orthogonal_lsq, {}),
-                   (cf.solve_centered, {}), (cf.solve_similarity, {}), (cf.solve_anchored, {"prior": W44, "gamma": 1.0}),
+                   (cf.solve_centered, {}), (cf.solve_similarity, {}),
+                   (cf.solve_anchored, {"prior": W44, "gamma": 1.0}),
                    (cf.solve_affine, {}), (cf.solve_cca, {}), (cf.solve_relaxed_penalty, {"mu": 1.0}),
                    (cf.solve_relaxed_band, {}), (cf.solve_relaxed_frobenius, {"radius": 1.0})):
     pend = "relaxed-speed" if "relaxed" in solver.__name__ else "harden-closed"
@@ -424,7 +415,7 @@ row(metrics.RetrievalReport, lambda f: metrics.retrieval_report(X, Y, QL, GL, co
 row(metrics.BackfillingCurve, lambda f: metrics.backfilling_curve(X, Y, Y, QL, GL, metric="recall"), ValueError,
     "metric", "backfilling_curve-bad-metric")
 
-# ----------------------------------------------------------------------------------------------- rows: penalties, linalg
+# ----------------------------------------------------------------------------------------- rows: penalties, linalg
 W_NAN = W44.clone()
 W_NAN[0, 0] = math.nan
 for fn in (penalties.frobenius_deviation, penalties.so_penalty, penalties.dso_penalty, penalties.mc_penalty,
@@ -465,7 +456,8 @@ row(linalg.random_orthogonal, lambda f: linalg.random_orthogonal(4, 4, dtype=tor
     "random_orthogonal-int-dtype", pending="harden-maps")
 row(linalg.random_orthogonal, lambda f: linalg.random_orthogonal(4, 4, device="cuda"), ValueError, "no CUDA GPU",
     "random_orthogonal-cuda-without-gpu", pending="harden-maps", cuda=True)
-row(linalg.semi_identity, lambda f: linalg.semi_identity(4, -1), ValueError, "in_features", "semi_identity-negative", pending="harden-maps")
+row(linalg.semi_identity, lambda f: linalg.semi_identity(4, -1), ValueError, "in_features", "semi_identity-negative",
+    pending="harden-maps")
 row(linalg.semi_identity, lambda f: linalg.semi_identity(4, 4, dtype=torch.int64), TypeError, "dtype",
     "semi_identity-int-dtype", pending="harden-maps")
 
