@@ -51,15 +51,17 @@ def test_healthy_runs_at_realistic_learning_rates_do_not_trip_the_check(kind, lr
 
 def test_a_diverged_run_raises_with_the_numbers():
     X, Y = embeddings()
+    torch.manual_seed(0)
     m = ro.AffineMap(12, 8)
     with pytest.raises(TrainingDivergedError, match=r"training diverged.*lr \(now 1e\+06") as info:
         fit_alignment(m, X, Y, epochs=5, batch_size=32, lr=1e6, **FAST)
     h = info.value.history
     assert h.loss[-1] > 10 * h.initial_loss and h.epochs == 5
     # the same run with the check off returns the (ruined) history instead
+    torch.manual_seed(0)
     m2 = ro.AffineMap(12, 8)
     h2 = fit_alignment(m2, X, Y, epochs=5, batch_size=32, lr=1e6, divergence_factor=None, **FAST)
-    assert h2.loss[-1] == pytest.approx(h.loss[-1], rel=1e-3) and h2.loss[-1] > 10 * h2.initial_loss
+    assert h2.loss == h.loss and torch.equal(m2.weight, m.weight)  # the same run, returned instead
 
 
 def test_initial_loss_is_the_first_step_loss():
@@ -84,8 +86,7 @@ def test_the_factor_is_honoured_and_a_small_target_scale_with_a_large_lr_is_caug
             with pytest.raises(TrainingDivergedError):
                 fit_alignment(ro.AffineMap(12, 8), X, Y, divergence_factor=factor, **kw)
         else:
-            h2 = fit_alignment(ro.AffineMap(12, 8), X, Y, divergence_factor=factor, **kw)
-            assert h2.loss[-1] == pytest.approx(h.loss[-1], rel=1e-3)  # the same run (MKL may differ in ulps)
+            assert fit_alignment(ro.AffineMap(12, 8), X, Y, divergence_factor=factor, **kw).loss == h.loss
 
 
 def test_a_perfect_initial_fit_does_not_trip_on_rounding_noise():
