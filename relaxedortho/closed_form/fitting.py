@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from . import linear, permutation, procrustes, relaxed
+from .._checks import check_device
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
 
@@ -121,6 +122,8 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    if device is not None:
+        device = check_device(device)
     _options(kind, options)  # validate option names before the pass over the data
     for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon"):
         if key in options:  # numeric knobs: fail before reading the data

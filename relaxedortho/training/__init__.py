@@ -21,7 +21,8 @@ _EXPORTS = {
     **dict.fromkeys(["make_optimizer", "parameter_groups"], ".optimizers"),
     **dict.fromkeys(["PairMaps", "PairTrainer", "fit_pair"], ".pair"),
     **dict.fromkeys(["SweepTable", "lambda_sweep", "neighbour_agreement", "plot_tradeoff"], ".sweep"),
-    **dict.fromkeys(["NonFiniteLossError", "Trainer", "default_retrieval_metric", "fit_alignment"], ".trainer"),
+    **dict.fromkeys(["NonFiniteLossError", "Trainer", "TrainingDivergedError", "default_retrieval_metric",
+                     "fit_alignment"], ".trainer"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["checkpoint", "data", "distributed", "history", "optimizers",
                                                          "pair", "precision", "sweep", "trainer"])
@@ -33,9 +34,10 @@ if TYPE_CHECKING:
     from .optimizers import make_optimizer, parameter_groups
     from .pair import PairMaps, PairTrainer, fit_pair
     from .sweep import SweepTable, lambda_sweep, neighbour_agreement, plot_tradeoff
-    from .trainer import NonFiniteLossError, Trainer, default_retrieval_metric, fit_alignment
+    from .trainer import NonFiniteLossError, Trainer, TrainingDivergedError, default_retrieval_metric, fit_alignment
 
-__all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "default_retrieval_metric",
+__all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "TrainingDivergedError",
+           "default_retrieval_metric",
            "fit_pair", "PairTrainer", "PairMaps", "make_optimizer", "parameter_groups", "save_checkpoint",
            "load_checkpoint", "gather_with_grad", "launch", "lambda_sweep", "SweepTable", "plot_tradeoff",
            "neighbour_agreement"]
