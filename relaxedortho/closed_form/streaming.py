@@ -356,7 +356,7 @@ def _accumulate(X: Any, Y: Any, need: frozenset, means: bool, chunk_size: Any, p
                          cross_shifted=acc["sxy"], gram_x_shifted=acc.get("gxx"),
                          gram_y_shifted=acc.get("gyy"), dtype=acc["dtype"],
                          info={"chunks": acc["chunks"], "gemm_dtype": acc["work"], "shifted": acc["shifted"],
-                               "scaled_chunks": acc["scaled"]},
+                               "scaled_chunks": acc["scaled"], "parts": 1},
                          has_sums=acc["sums"])
 
 
