@@ -25,9 +25,10 @@ def save_moments(m: PairedMoments, path: str | os.PathLike) -> None:
     """Write ``m`` to ``path`` (a temporary name renamed at the end: an interrupted save leaves no partial file)."""
     if not isinstance(m, PairedMoments):
         raise TypeError(f"save_moments needs a PairedMoments, got {type(m).__name__}")
-    info = {"chunks": int(m.info.get("chunks", 0)), "scaled_chunks": int(m.info.get("scaled_chunks", 0)),
-            "parts": int(m.info.get("parts", 1)), "gemm_dtype": _dtype_name(m.info.get("gemm_dtype")),
-            "shifted": [bool(v) for v in m.info.get("shifted", (False, False))]}
+    info = {k: v for k, v in m.info.items() if isinstance(v, (bool, int, float, str))}  # plain diagnostics
+    info.update({"chunks": int(m.info.get("chunks", 0)), "scaled_chunks": int(m.info.get("scaled_chunks", 0)),
+                 "parts": int(m.info.get("parts", 1)), "gemm_dtype": _dtype_name(m.info.get("gemm_dtype")),
+                 "shifted": [bool(v) for v in m.info.get("shifted", (False, False))]})
     payload = {"format": FORMAT, "version": VERSION, "n": int(m.n), "dtype": _dtype_name(m.dtype),
                "has_sums": bool(m.has_sums), "info": info,
                "tensors": {k: getattr(m, k).detach().to("cpu", torch.float64).clone()
@@ -89,8 +90,12 @@ def _fields(payload: dict, path: str, dev: torch.device) -> dict:
     if not isinstance(has_sums, bool) or dtype not in _DTYPES:
         raise bad("has_sums or dtype is missing")
     raw = payload.get("info") if isinstance(payload.get("info"), dict) else {}
-    info = {"chunks": int(raw.get("chunks", 0)), "scaled_chunks": int(raw.get("scaled_chunks", 0)),
-            "parts": int(raw.get("parts", 1)), "gemm_dtype": _DTYPES.get(raw.get("gemm_dtype")),
-            "shifted": tuple(bool(v) for v in raw.get("shifted", (False, False)))}
+    info = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, (bool, int, float, str))}
+    try:
+        info.update({"chunks": int(raw.get("chunks", 0)), "scaled_chunks": int(raw.get("scaled_chunks", 0)),
+                     "parts": int(raw.get("parts", 1)), "gemm_dtype": _DTYPES.get(raw.get("gemm_dtype")),
+                     "shifted": tuple(bool(v) for v in raw.get("shifted", (False, False)))})
+    except (TypeError, ValueError):
+        raise bad("the info entries are not numbers") from None
     return {"n": n, "dtype": _DTYPES[dtype], "has_sums": has_sums, "info": info,
             **{k: t.to(dev) for k, t in tensors.items()}}
