@@ -36,20 +36,20 @@ def reshifted(m: PairedMoments, kx: torch.Tensor, ky: torch.Tensor) -> dict:
     move_x, move_y = bool(dx.any()), bool(dy.any())
     out = {"sum_x": m.sum_x + m.n * dx if move_x else m.sum_x.clone(),
            "sum_y": m.sum_y + m.n * dy if move_y else m.sum_y.clone()}
-    S = m.cross_shifted.clone()
+    S = m.cross_shifted.clone()  # rank-one updates in place (addr_): one pass over the matrix each
     if move_y:
-        S += torch.outer(m.sum_x, dy)
+        S.addr_(m.sum_x, dy)
     if move_x:
-        S += torch.outer(dx, m.sum_y + (m.n * dy if move_y else 0))
+        S.addr_(dx, m.sum_y + m.n * dy if move_y else m.sum_y)
     out["cross_shifted"] = S
     for (g, s, _), d, move in zip(_GRAMS, (dx, dy), (move_x, move_y)):
         G = getattr(m, g)
         if G is None:
             continue
         G = G.clone()
-        if move:
-            sd = torch.outer(getattr(m, s), d)
-            G += sd + sd.mT + m.n * torch.outer(d, d)
+        if move:  # s dᵀ + d sᵀ + n d dᵀ = u dᵀ + d uᵀ with u = s + (n/2) d
+            u = getattr(m, s) + (m.n / 2) * d
+            G.addr_(u, d).addr_(d, u)
         out[g] = G
     return out
 
@@ -72,7 +72,7 @@ def _weaker_gemm(a: dict, b: dict):
     return ga if torch.finfo(ga).eps >= torch.finfo(gb).eps else gb
 
 
-def merged_info(infos: list) -> dict:
+def _merged_info(infos: list) -> dict:
     """The ``info`` of a merge: chunks and scaled chunks summed, the weaker GEMM dtype, parts counted."""
     out = {"chunks": 0, "scaled_chunks": 0, "parts": 0, "gemm_dtype": None}
     for info in infos:
@@ -83,7 +83,7 @@ def merged_info(infos: list) -> dict:
     return out
 
 
-def check_mergeable(a: PairedMoments, b: PairedMoments) -> None:
+def _check_mergeable(a: PairedMoments, b: PairedMoments) -> None:
     """Raise unless ``a`` and ``b`` are moments of paired rows of the same widths."""
     for m, name in ((a, "self"), (b, "other")):
         if not isinstance(m, PairedMoments):
@@ -96,17 +96,17 @@ def check_mergeable(a: PairedMoments, b: PairedMoments) -> None:
 def merge_moments(a: PairedMoments, b: PairedMoments) -> PairedMoments:
     r"""The moments of the union of the row sets of ``a`` and ``b`` (see :meth:`PairedMoments.merge
     <relaxedortho.closed_form.PairedMoments.merge>`)."""
-    check_mergeable(a, b)
+    _check_mergeable(a, b)
     dev = a.device
     b_on = _to(b, dev)
     n = a.n + b.n
     grams = {g: getattr(a, g) is not None and getattr(b, g) is not None for g, _, _ in _GRAMS}
     dtype = torch.promote_types(a.dtype, b.dtype)
-    info = merged_info([a.info, b.info])
+    info = _merged_info([a.info, b.info])
     if a.has_sums and b.has_sums:
         kx, ky = _union_shift(a, b_on, "x"), _union_shift(a, b_on, "y")
         pa, pb = reshifted(a, kx, ky), reshifted(b_on, kx, ky)
-        parts = {key: pa[key] + pb[key] for key in pa if key in pb}
+        parts = {key: pa[key].add_(pb[key]) for key in pa if key in pb}  # pa holds fresh tensors
         info["shifted"] = (bool(kx.any()), bool(ky.any()))
         return PairedMoments(n=n, shift_x=kx, shift_y=ky, sum_x=parts["sum_x"], sum_y=parts["sum_y"],
                              cross_shifted=parts["cross_shifted"],
