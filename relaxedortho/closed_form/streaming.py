@@ -25,6 +25,17 @@ with :math:`k` the shifts, :math:`S = \sum (x - k_x)^\top (y - k_y)`, :math:`s` 
 are summed into float64 accumulators (the fast path: one float32 GEMM per chunk, the rounding error of a chunk
 product does not grow with ``n``); float64 inputs use float64 GEMMs. ``precision="float64"`` upcasts every
 chunk first.
+
+Scale. Finite data of any magnitude give correct moments: a chunk whose float32 products overflow (entries
+near 1e20 and beyond) or may have lost terms to underflow (near 1e-20 and below) is formed again from the
+chunk times a power of two and the scale undone in float64 (exact; details at ``_RANGE`` in the source and in
+``docs/math.md``, "Mergeable moments"). ``info["scaled_chunks"]`` counts such chunks; ordinary magnitudes never
+take that path. A NaN/Inf error always points at a NaN/Inf in the data.
+
+Combining. Moments of disjoint rows merge exactly (:meth:`PairedMoments.merge`, ``a + b``, ``sum(parts)``), are
+saved and loaded in a ``weights_only``-safe file (:meth:`PairedMoments.save`), and are summed over the
+processes of a :mod:`torch.distributed` group on request (``group=``/``distributed=True``, see
+:mod:`relaxedortho.closed_form.distributed`).
 """
 from __future__ import annotations
 
@@ -370,8 +381,8 @@ def _accumulate(X: Any, Y: Any, need: frozenset, means: bool, chunk_size: Any, p
 # and reported as such); if a side's max-abs lies outside [2^-E, 2^E], or a result overflowed, the products
 # are formed again from the chunk times 2^-e (e the binary exponent of that side's max-abs, so |entries| < 1)
 # and the scale is undone in the float64 accumulators. Scaling by a power of two is exact (no rounding) and
-# commutes with every rounding of the GEMM, so a chunk and the same chunk times 2^k give the same moments
-# times 2^(2k), bit for bit, wherever each is computed.
+# commutes with every rounding of the GEMM, so a chunk scaled into range keeps the rounding errors it has at
+# magnitude 1 (docs/math.md, "Mergeable moments").
 # ---------------------------------------------------------------------------------------------------------
 
 #: Per working dtype: (E, LOW) of the scale check above.
