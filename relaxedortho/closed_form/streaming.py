@@ -209,7 +209,7 @@ def _is_array(x: Any) -> bool:
 
 
 def _chunk_tensor(x: Any, name: str, where: str, device) -> torch.Tensor:
-    """A chunk as a 2-D floating tensor on ``device`` (no finiteness check here: see the sums)."""
+    """A chunk as a 2-D floating tensor on ``device`` (no finiteness check here: see the chunk products)."""
     if isinstance(x, torch.Tensor):
         t = x
     elif isinstance(x, np.ndarray):
@@ -258,7 +258,8 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
     Args:
         X: an array (NumPy, memory-mapped NumPy, or torch on any device) of shape (n, p) with ``Y`` the
             paired (n, q) array; or, with ``Y=None``, an iterable of ``(X_chunk, Y_chunk)`` pairs (or an
-            already computed :class:`PairedMoments`, returned unchanged).
+            already computed :class:`PairedMoments`, returned unchanged; with ``group``/``distributed``, this
+            process's moments, summed over the group).
         second_moments: which Grams to accumulate besides :math:`X^\top Y`: any of ``"x"``, ``"y"``.
         means: accumulate the column sums (default). With ``means=False`` and data that need no shift, the
             only per-chunk work is the GEMM (the fast path of the uncentred kinds); :meth:`PairedMoments.mean_x`
@@ -497,8 +498,8 @@ def _top_values(ts: list) -> list:
     if all(t.device.type == "cpu" for t in ts):
         out = []
         for t in ts:
-            a = t.detach().numpy()
-            out.append(float(np.max(np.abs(a))) if a.size else 0.0)
+            a = t.detach().numpy()  # max and min propagate a NaN; no temporary
+            out.append(max(float(a.max()), -float(a.min())) if a.size else 0.0)
         return out
     return torch.stack([_max_abs(t) for t in ts]).tolist()
 
