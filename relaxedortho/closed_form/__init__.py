@@ -23,7 +23,8 @@ _EXPORTS = {
     "ClosedFormSolution": ".solution",
     **dict.fromkeys(["PairedMoments", "accumulate_moments"], ".streaming"),
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["estimators", "fitting", "linear", "permutation", "procrustes", "relaxed",
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["distributed", "estimators", "fitting", "linear", "moments_file",
+                                                         "pairwise_update", "permutation", "procrustes", "relaxed",
                                                          "solution", "streaming"])
 
 if TYPE_CHECKING:

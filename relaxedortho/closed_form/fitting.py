@@ -8,6 +8,7 @@ import torch
 
 from . import linear, permutation, procrustes, relaxed
 from .._checks import check_device
+from .distributed import solve_once
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
 
@@ -72,7 +73,8 @@ def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **option
 
 
 def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_size: int | None = None,
-                    precision: str = "auto", device: torch.device | str | None = None, **options: Any):
+                    precision: str = "auto", device: torch.device | str | None = None, group: Any = None,
+                    distributed: bool = False, **options: Any):
     r"""Fit a closed-form alignment ``X → Y`` and return it as a map module (``m(X) ≈ Y``).
 
     Args:
@@ -82,6 +84,11 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
             :func:`~relaxedortho.closed_form.accumulate_moments`.
         kind: one of :data:`KINDS` (below).
         chunk_size, precision, device: passed to :func:`~relaxedortho.closed_form.accumulate_moments`.
+        group, distributed: fit on the shards of every process of a :mod:`torch.distributed` process group
+            (``group=``, or ``distributed=True`` for the default group; never implied): ``X, Y`` are this
+            process's shard, the moments are summed over the group, rank 0 solves and every process gets
+            the same map, bit for bit (:mod:`relaxedortho.closed_form.distributed`). Every process must
+            make the same call.
         options: the kind's knobs (below). Unknown options raise ``TypeError``.
 
     Kinds (row convention, :math:`M = X^\top Y = U\Sigma V^\top`) and their options:
@@ -136,5 +143,7 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         raise ValueError(f"the band needs {name_l} <= {name_u}, got {name_l}={lower!r} > {name_u}={upper!r}")
     means = _KINDS[kind][2] or bool(options.get("center", False))
     moments = accumulate_moments(X, Y, second_moments=_KINDS[kind][1], means=means, chunk_size=chunk_size,
-                                 precision=precision, device=device)
-    return solve_closed_form(moments, kind, **options).to_module(moments.dtype)
+                                 precision=precision, device=device, group=group, distributed=distributed)
+    solution = solve_once(lambda: solve_closed_form(moments, kind, **options), device=moments.device,
+                          group=group, distributed=distributed)
+    return solution.to_module(moments.dtype)
