@@ -24,6 +24,11 @@ representation learning", CVPR 2020, for the protocol):
    old gallery) and :math:`B(new)/B(new)` (both mapped). A map is *compatible* when
    :math:`M(B(\phi^Q_{new}), \phi^G_{old}) > M(\phi^Q_{old}, \phi^G_{old})` (Shen et al. 2020).
 
+The ``"text"`` dataset is the **model-upgrade** scenario on real pretrained encoders: steps 1–2 are replaced by
+the shipped embeddings of :mod:`relaxedortho.datasets` (old: all-MiniLM-L6-v2, new: multilingual-e5-small, on
+Debian package descriptions; short descriptions are the queries, long ones the gallery, a query's relevant
+document is its own package's), and steps 3–4 run unchanged on them; no model is trained.
+
 Band maps are fitted by projected gradient with the singular-value clip as the projection (exact Euclidean
 projection onto the band), started from the clipped least-squares closed form and warm-started along the
 path from the tightest band to the loosest. With step :math:`1/L` every projected-gradient step does not
@@ -278,8 +283,10 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
 
     Args:
         out: output folder (created if needed; checked for writability before any work).
-        dataset: ``"digits"`` (bundled with scikit-learn, default) or ``"fashion-mnist"`` (local files,
-            see :mod:`relaxedortho.data`).
+        dataset: ``"digits"`` (bundled with scikit-learn, default), ``"fashion-mnist"`` (local files,
+            see :mod:`relaxedortho.data`) or ``"text"`` (shipped sentence-encoder embeddings, see
+            :mod:`relaxedortho.datasets`; the report adds ``old_model``, ``new_model``, ``corpus`` and
+            ``relevance``).
         data_dir: folder of the Fashion-MNIST files when not in the Debian location.
         device: ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
         seed: seeds the split, both models and every map; the same seed gives the same report numbers on

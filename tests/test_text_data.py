@@ -155,6 +155,17 @@ Section: misc
 Description: Python module for baz
 Description-md5: m-qux
 
+Package: libzap
+Section: libs
+Description: zap compression library
+Description-md5: m-libzap
+
+Package: zap-utils
+Source: libzap
+Section: utils
+Description: command line tools for zap archives
+Description-md5: m-zaputils
+
 Package: tiny
 Section: misc
 Description: a short one here
@@ -179,13 +190,17 @@ def _translations():
             " Baz computes things for Python programs, in pure Python, with no other dependency at all here."),
         rec("m-qux", "Python module for baz",
             " Qux is another module whose short description repeats the one of baz, so it must be dropped."),
+        rec("m-libzap", "zap compression library",
+            " Zap is a compression library with a small memory footprint, written in C, and fast on old machines."),
+        rec("m-zaputils", "command line tools for zap archives",
+            " These tools create, list and extract zap archives from the command line, with the zap library."),
         rec("m-tiny", "a short one here", " Too short to be a document."),
     ])
 
 
 def test_parse_deb822_fields_and_continuations():
     recs = mte.parse_deb822(_translations())
-    assert len(recs) == 8 and recs[0]["Description-md5"] == "m-foo"
+    assert len(recs) == 10 and recs[0]["Description-md5"] == "m-foo"
     assert recs[0]["Description-en"].startswith("a tool that frobs widgets\n Foo frobs")
     assert mte.parse_deb822("\n\nA: 1\n\n\nB: 2\n c\n") == [{"A": "1"}, {"B": "2\n c"}]
     with pytest.raises(ValueError, match="continuation line before any field"):
@@ -206,7 +221,8 @@ def test_build_corpus_rules():
     by_source = {it["source"]: it for it in items}
     # one item per source; the binary named as the source wins over its -doc split; for a source without
     # such a binary, a non-library binary wins over lib*; the contrib/ prefix of a section is dropped
-    assert set(by_source) == {"foo", "bar", "baz"}
+    assert set(by_source) == {"foo", "bar", "baz", "libzap"}
+    assert by_source["libzap"]["package"] == "libzap"          # named as its source, though a lib* name
     assert by_source["foo"]["package"] == "foo" and by_source["foo"]["section"] == "utils"
     assert by_source["foo"]["long"] == LONG.strip() and "Second" not in by_source["foo"]["long"]
     assert by_source["bar"]["package"] == "bar-tools" and by_source["bar"]["section"] == "utils"
