@@ -369,3 +369,42 @@ def test_cli_demo_text(tmp_path, capsys):
     assert json.loads((tmp_path / "report.json").read_text())["dataset"] == "text"
     assert main(["demo", "--dataset", "text", "--new-width", "64", "--out", str(tmp_path)]) == 1
     assert "new_width applies to the image datasets" in capsys.readouterr().err
+
+
+def _fake_encoders(monkeypatch):
+    """Stand-ins for the two encoders: deterministic unit vectors from the text (no model, no network)."""
+    def fake(texts, width):
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=width) for t in texts]
+        x = np.array(rows, dtype=np.float32).reshape(len(texts), width)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    monkeypatch.setattr(mte, "encode_old", lambda texts: (fake(texts, 8), {"weights_sha256": "0" * 64}))
+    monkeypatch.setattr(mte, "encode_new", lambda texts, kinds: (fake([k + t for t, k in zip(texts, kinds)], 6),
+                                                                {"weights_sha256": "1" * 64}))
+
+
+def test_script_main_from_debian_indexes(tmp_path, monkeypatch):
+    _fake_encoders(monkeypatch)
+    (tmp_path / "Packages").write_text(PACKAGES)
+    (tmp_path / "Translation-en").write_text(_translations())
+    out = tmp_path / "out"
+    assert mte.main(["--packages", str(tmp_path / "Packages"), "--translations", str(tmp_path / "Translation-en"),
+                     "--train", "2", "--eval", "2", "--seed", "1", "--out", str(out)]) == 0
+    with np.load(out / mte.EMBEDDINGS_NAME) as a:
+        assert a["train_old"].shape == (4, 8) and a["train_new"].shape == (4, 6) and a["query_new"].dtype == np.float16
+        assert not set(a["train_item"]) & set(a["query_item"])
+        np.testing.assert_array_equal(a["query_item"], a["gallery_item"])
+    prov = json.loads((out / mte.PROVENANCE_NAME).read_text())
+    assert prov["corpus"]["eligible_items"] == 4 and prov["corpus"]["split"]["seed"] == 1
+    assert prov["command"].endswith("--train 2 --eval 2 --seed 1 --out out")      # no absolute paths recorded
+    items, meta = mte.read_corpus(out / mte.CORPUS_NAME)
+    assert len(items) == 4 and meta == prov["corpus"]
+
+
+def test_script_main_reembeds_the_shipped_corpus(tmp_path, monkeypatch, data):
+    _fake_encoders(monkeypatch)
+    assert mte.main(["--corpus", str(TEXT_CORPUS_FILE), "--out", str(tmp_path)]) == 0
+    with np.load(tmp_path / mte.EMBEDDINGS_NAME) as a:
+        np.testing.assert_array_equal(a["train_item"], data.train_item)
+        np.testing.assert_array_equal(a["gallery_section"], data.gallery_section)
+    assert (tmp_path / mte.CORPUS_NAME).read_bytes() == TEXT_CORPUS_FILE.read_bytes()
