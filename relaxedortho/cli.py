@@ -576,12 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
             "  digits         scikit-learn's bundled 8x8 handwritten digits (1797 images; no download)\n"
             "  fashion-mnist  Fashion-MNIST from local IDX files (train-images-idx3-ubyte[.gz] etc.), as installed\n"
             "                 by the Debian package dataset-fashion-mnist in /usr/share/datasets/fashion-mnist;\n"
-            "                 --data-dir for another folder. Nothing is downloaded."),
+            "                 --data-dir for another folder. Nothing is downloaded.\n"
+            "  text           model upgrade on real text: shipped embeddings of two pretrained sentence encoders\n"
+            "                 (old all-MiniLM-L6-v2, new multilingual-e5-small) of Debian package descriptions;\n"
+            "                 short descriptions query long ones; no model is trained, only the maps."),
         epilog="examples:\n  relaxedortho demo\n  relaxedortho demo --out /tmp/demo --seed 3 --quiet\n"
                "  relaxedortho demo --new-width 48\n"
-               "  relaxedortho demo --dataset fashion-mnist --data-dir ~/data/fashion-mnist --device cuda")
+               "  relaxedortho demo --dataset fashion-mnist --data-dir ~/data/fashion-mnist --device cuda\n"
+               "  relaxedortho demo --dataset text --out text-out")
     d.add_argument("--out", default="demo-out", help="output folder for report.json and lambda_tradeoff.png")
-    d.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits", help="image dataset")
+    d.add_argument("--dataset", choices=("digits", "fashion-mnist", "text"), default="digits",
+                   help="image dataset, or text (sentence-encoder embeddings)")
     d.add_argument("--data-dir", default=None,
                    help="folder with the Fashion-MNIST files (default: /usr/share/datasets/fashion-mnist)")
     d.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

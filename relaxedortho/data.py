@@ -41,7 +41,7 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-DATASETS = ("digits", "fashion-mnist")
+DATASETS = ("digits", "fashion-mnist", "text")
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 LABEL_SUFFIXES = FEATURE_SUFFIXES + (".txt", ".csv", ".tsv")
