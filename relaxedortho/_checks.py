@@ -126,3 +126,11 @@ def check_device(device: Any, name: str = "device", *, allow_auto: bool = False)
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"{name} {str(device)!r} requested but MPS is not available to PyTorch")
     return dev
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``True`` or ``False`` (NumPy booleans too): a truthy string such as ``"no"`` would otherwise silently mean
+    ``True``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -26,6 +26,7 @@ from torch import nn
 import relaxedortho as ro
 from relaxedortho import closed_form as cf
 from relaxedortho import linalg, losses, metrics, penalties, similarity, training, transfer
+from relaxedortho import riemannian as rm
 from relaxedortho.cli import build_parser, main
 
 NO_CUDA = not torch.cuda.is_available()
@@ -701,6 +702,468 @@ row(transfer.run_transfer_demo, lambda f: transfer.run_transfer_demo(f.p("t"), s
                                                                      progress=False), ValueError, "scale",
     "run_transfer_demo-negative-scale")
 
+# ------------------------------------------------------------------- rows: Riemannian tools, the permutation solver
+def _rotation(n, seed, sign=1.0):
+    """An n x n float64 orthogonal matrix with determinant ``sign``, far from the identity."""
+    q = torch.linalg.qr(_randn(n, n, dtype=torch.float64, seed=seed))[0]
+    if float(torch.linalg.det(q)) * sign < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+ROT = _rotation(4, 10)                                           # det +1
+ROT_B = _rotation(4, 11)                                         # det +1
+REFL = _rotation(4, 12, sign=-1.0)                               # det -1
+HALF_TURN = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))   # a rotation by pi: cut locus
+ROT_NAN = ROT.clone()
+ROT_NAN[1, 2] = math.nan
+ST52 = torch.linalg.qr(_randn(5, 2, dtype=torch.float64, seed=13))[0]          # a Stiefel point, St(5, 2)
+ST52_B = torch.linalg.qr(_randn(5, 2, dtype=torch.float64, seed=14))[0]
+SKEW = W44.double() - W44.double().T
+NOT_SKEW = W44.double()
+W_EXP = [W44 + 0.01 * _randn(4, 4, seed=15), W44 + 0.01 * _randn(4, 4, seed=16)]     # two fine-tuned "experts"
+
+
+def _mlp(hidden=4, bias=True, between=None):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, hidden, bias=bias), between or nn.ReLU(), nn.Linear(hidden, 2))
+
+
+def _nan_mlp():
+    m = _mlp()
+    with torch.no_grad():
+        m[0].weight[0, 0] = math.nan
+    return m
+
+
+def _perm_moments(**kw):
+    return cf.accumulate_moments(X.double(), Y.double(), **kw)
+
+
+# the group and its components
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(W44), ValueError, "R must be orthogonal",
+    "check_orthogonal-not-orthogonal")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(torch.stack([ROT, ROT_B, W44.double()])), ValueError,
+    "R[2] must be orthogonal", "check_orthogonal-batch-names-the-bad-matrix")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(ROT_NAN), ValueError, "R contains NaN",
+    "check_orthogonal-nan")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(torch.eye(4, dtype=torch.int64)), TypeError,
+    "R must have a floating dtype", "check_orthogonal-int")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(ST52), ValueError, "R must be square",
+    "check_orthogonal-not-square")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(ST52.T, square=False), ValueError, "R must be tall",
+    "check_orthogonal-wide")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(ROT[0]), ValueError, "R must have at least 2 dimensions",
+    "check_orthogonal-1d")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(torch.zeros(0, 4, 4)), ValueError, "R is empty",
+    "check_orthogonal-empty")
+row(rm.check_orthogonal, lambda f: rm.check_orthogonal(ROT.half()), TypeError, "R must be float32 or float64",
+    "check_orthogonal-half")
+row(rm.determinant_sign, lambda f: rm.determinant_sign(ST52), ValueError, "R must be square",
+    "determinant_sign-not-square")
+row(rm.determinant_sign, lambda f: rm.determinant_sign(ROT[0]), ValueError, "R must be square",
+    "determinant_sign-1d")
+row(rm.determinant_sign, lambda f: rm.determinant_sign(ROT_NAN), ValueError, "R contains NaN",
+    "determinant_sign-nan")
+row(rm.determinant_sign, lambda f: rm.determinant_sign(torch.eye(3, dtype=torch.int64)), TypeError,
+    "R must have a floating dtype", "determinant_sign-int")
+row(rm.determinant_sign, lambda f: rm.determinant_sign("R"), TypeError, "R must be a torch.Tensor",
+    "determinant_sign-string")
+row(rm.special_polar, lambda f: rm.special_polar(W44[:, :3]), ValueError, "M must be square",
+    "special_polar-not-square")
+row(rm.special_polar, lambda f: rm.special_polar(X_NAN[:4]), ValueError, "M contains NaN", "special_polar-nan")
+row(rm.special_polar, lambda f: rm.special_polar(X_INF[:4]), ValueError, "M contains NaN or Inf", "special_polar-inf")
+row(rm.special_polar, lambda f: rm.special_polar(torch.eye(3, dtype=torch.int64)), TypeError,
+    "M must have a floating dtype", "special_polar-int")
+row(rm.special_polar, lambda f: rm.special_polar(torch.zeros(0, 0)), ValueError, "M is empty", "special_polar-empty")
+row(rm.special_polar, lambda f: rm.special_polar(W44, 0.0), ValueError, "sign must hold only +1 and -1",
+    "special_polar-sign-zero")
+row(rm.special_polar, lambda f: rm.special_polar(W44, 2.0), ValueError, "sign must hold only +1 and -1",
+    "special_polar-sign-two")
+row(rm.special_polar, lambda f: rm.special_polar(W44, math.nan), ValueError, "sign", "special_polar-sign-nan")
+row(rm.special_polar, lambda f: rm.special_polar(W44, "+"), TypeError, "sign must be +1, -1",
+    "special_polar-sign-string")
+row(rm.special_polar, lambda f: rm.special_polar(torch.stack([W44, W44]), torch.tensor([1.0, -1.0, 1.0])),
+    ValueError, "sign of shape (3,) does not broadcast", "special_polar-sign-shape")
+
+# geodesics of O(n)
+row(rm.skew_log, lambda f: rm.skew_log(W44), ValueError, "R must be orthogonal", "skew_log-not-orthogonal")
+row(rm.skew_log, lambda f: rm.skew_log(REFL), ValueError, "R has determinant -1", "skew_log-reflection")
+row(rm.skew_log, lambda f: rm.skew_log(HALF_TURN), ValueError, "R has the eigenvalue -1", "skew_log-cut-locus")
+row(rm.skew_log, lambda f: rm.skew_log(ROT_NAN), ValueError, "R contains NaN", "skew_log-nan")
+row(rm.skew_log, lambda f: rm.skew_log(torch.eye(4, dtype=torch.int64)), TypeError, "R must have a floating dtype",
+    "skew_log-int")
+row(rm.skew_log, lambda f: rm.skew_log(ST52), ValueError, "R must be square", "skew_log-not-square")
+row(rm.skew_log, lambda f: rm.skew_log(ST52, check=False), ValueError, "R must be a non-empty batch of square",
+    "skew_log-unchecked-not-square")
+row(rm.skew_log, lambda f: rm.skew_log(ROT[0], check=False), ValueError, "R must be a non-empty batch of square",
+    "skew_log-unchecked-1d")
+row(rm.skew_log, lambda f: rm.skew_log(ROT_NAN, check=False), ValueError, "R contains NaN", "skew_log-unchecked-nan")
+row(rm.skew_log, lambda f: rm.skew_log(ROT, check="no"), TypeError, "check must be True or False",
+    "skew_log-check-string")
+for n, target, fn in (("log_map", rm.log_map, rm.log_map), ("distance", rm.distance, rm.distance),
+                      ("geodesic", rm.geodesic, lambda a, b: rm.geodesic(a, b, 0.5))):
+    row(target, lambda f, g=fn: g(ROT, torch.eye(3, dtype=torch.float64)), ValueError, "R0 and R1 must have the same "
+        "size n", f"{n}-size-mismatch")
+    row(target, lambda f, g=fn: g(ROT, REFL), ValueError, "R0 and R1 lie in different components",
+        f"{n}-det-plus-vs-minus")
+    row(target, lambda f, g=fn: g(torch.stack([ROT] * 3), torch.stack([ROT_B] * 2)), ValueError,
+        "R0 and R1 have batch shapes (3,) and (2,)", f"{n}-batch-mismatch")
+    row(target, lambda f, g=fn: g(ROT, W44.double()), ValueError, "R1 must be orthogonal", f"{n}-not-orthogonal")
+    row(target, lambda f, g=fn: g(ROT_NAN, ROT), ValueError, "R0 contains NaN", f"{n}-nan")
+    row(target, lambda f, g=fn: g(torch.eye(4, dtype=torch.int64), ROT), TypeError, "R0 must have a floating dtype",
+        f"{n}-int")
+    row(target, lambda f, g=fn: g(torch.eye(4, dtype=torch.float64), HALF_TURN), ValueError, "eigenvalue -1",
+        f"{n}-cut-locus")
+row(rm.log_map, lambda f: rm.log_map("R0", ROT), TypeError, "R0 must be a torch.Tensor", "log_map-string")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, math.nan), ValueError, "t contains NaN", "geodesic-t-nan")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, math.inf), ValueError, "t contains NaN or Inf", "geodesic-t-inf")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, torch.tensor([0.0, math.inf])), ValueError, "t contains NaN or Inf",
+    "geodesic-t-tensor-inf")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, "half"), TypeError, "t must be a real number",
+    "geodesic-t-string")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, None), TypeError, "t must be a real number", "geodesic-t-none")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, 0.5j), TypeError, "t must be a real number", "geodesic-t-complex")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, torch.tensor([0.5j])), TypeError, "t must hold real numbers",
+    "geodesic-t-complex-tensor")
+row(rm.geodesic, lambda f: rm.geodesic(ROT, ROT_B, torch.zeros(2, 2)), ValueError, "t must be a number or a 1-d",
+    "geodesic-t-2d")
+row(rm.exp_map, lambda f: rm.exp_map(ROT, NOT_SKEW), ValueError, "R0^T xi must be skew-symmetric",
+    "exp_map-xi-not-tangent")
+row(rm.exp_map, lambda f: rm.exp_map(ROT, SKEW[:3, :3]), ValueError, "xi must have the shape", "exp_map-xi-shape")
+row(rm.exp_map, lambda f: rm.exp_map(ROT, ROT_NAN), ValueError, "xi contains NaN", "exp_map-xi-nan")
+row(rm.exp_map, lambda f: rm.exp_map(ROT, torch.zeros(4, 4, dtype=torch.int64)), TypeError,
+    "xi must have a floating dtype", "exp_map-xi-int")
+row(rm.exp_map, lambda f: rm.exp_map(torch.stack([ROT] * 3), torch.zeros(2, 4, 4, dtype=torch.float64)), ValueError,
+    "R0 and xi have batch shapes", "exp_map-batch-mismatch")
+row(rm.exp_map, lambda f: rm.exp_map(W44, SKEW), ValueError, "R0 must be orthogonal", "exp_map-not-orthogonal")
+
+# the Stiefel manifold
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(ST52, torch.zeros(5, 2), metric="euclid"), ValueError,
+    "metric must be one of", "stiefel_exp-bad-metric")
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(ST52, torch.ones(5, 2, dtype=torch.float64)), ValueError,
+    "U^T Delta must be skew-symmetric", "stiefel_exp-not-tangent")
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(ST52, torch.zeros(5, 3)), ValueError, "Delta must have the shape",
+    "stiefel_exp-delta-shape")
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(ST52.T, torch.zeros(2, 5)), ValueError, "U must be tall",
+    "stiefel_exp-wide")
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(2 * ST52, torch.zeros(5, 2)), ValueError, "U must be orthogonal",
+    "stiefel_exp-not-orthonormal")
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(ST52, torch.full((5, 2), math.nan)), ValueError, "Delta contains NaN",
+    "stiefel_exp-nan")
+row(rm.stiefel_exp, lambda f: rm.stiefel_exp(torch.stack([ST52] * 3), torch.zeros(2, 5, 2, dtype=torch.float64)),
+    ValueError, "U and Delta have batch shapes", "stiefel_exp-batch-mismatch")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, torch.eye(5, 3, dtype=torch.float64)), ValueError,
+    "U0 and U1 must have the same shape", "stiefel_log-shape-mismatch")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52[None], ST52_B[None]), ValueError, "U0 and U1 must be 2-d",
+    "stiefel_log-batched")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, ST52_B, tol=-1.0), ValueError, "tol", "stiefel_log-negative-tol")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, ST52_B, tol=math.inf), ValueError, "tol must be",
+    "stiefel_log-infinite-tol")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, ST52_B, tol="1e-9"), TypeError, "tol must be a real number",
+    "stiefel_log-string-tol")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, ST52_B, max_iter=-1), ValueError, "max_iter",
+    "stiefel_log-negative-max-iter")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, ST52_B, return_info="yes"), TypeError,
+    "return_info must be True or False", "stiefel_log-return-info-string")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ROT, REFL), ValueError, "different components",
+    "stiefel_log-square-det-plus-vs-minus")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(ST52, 2 * ST52_B), ValueError, "U1 must be orthogonal",
+    "stiefel_log-not-orthonormal")
+row(rm.stiefel_log, lambda f: rm.stiefel_log(torch.eye(4, 2, dtype=torch.float64), -torch.eye(4, 2,
+                                                                                             dtype=torch.float64)),
+    ValueError, "too far apart", "stiefel_log-antipodal")
+row(rm.stiefel_geodesic, lambda f: rm.stiefel_geodesic(ST52, ST52_B, math.nan), ValueError, "t contains NaN",
+    "stiefel_geodesic-t-nan")
+row(rm.stiefel_geodesic, lambda f: rm.stiefel_geodesic(ST52, ST52_B, "x"), TypeError, "t must be a real number",
+    "stiefel_geodesic-t-string")
+row(rm.stiefel_geodesic, lambda f: rm.stiefel_geodesic(ST52, ST52_B, 0.5, foo=1), TypeError, "'foo'",
+    "stiefel_geodesic-unknown-option")
+row(rm.stiefel_geodesic, lambda f: rm.stiefel_geodesic(2 * ST52, ST52_B, 0.5), ValueError, "U0 must be orthogonal",
+    "stiefel_geodesic-not-orthonormal")
+
+# the Cayley chart
+row(rm.cayley, lambda f: rm.cayley(NOT_SKEW), ValueError, "A must be skew-symmetric", "cayley-not-skew")
+row(rm.cayley, lambda f: rm.cayley(SKEW[:, :3]), ValueError, "A must be square", "cayley-not-square")
+row(rm.cayley, lambda f: rm.cayley(ROT_NAN), ValueError, "A contains NaN", "cayley-nan")
+row(rm.cayley, lambda f: rm.cayley(torch.zeros(3, 3, dtype=torch.int64)), TypeError, "A must have a floating dtype",
+    "cayley-int")
+row(rm.cayley_inverse, lambda f: rm.cayley_inverse(REFL), ValueError, "R has determinant -1",
+    "cayley_inverse-reflection")
+row(rm.cayley_inverse, lambda f: rm.cayley_inverse(HALF_TURN), ValueError, "R has the eigenvalue -1",
+    "cayley_inverse-cut-locus")
+row(rm.cayley_inverse, lambda f: rm.cayley_inverse(W44), ValueError, "R must be orthogonal",
+    "cayley_inverse-not-orthogonal")
+
+# means
+for fn in (rm.karcher_mean, rm.chordal_mean):
+    n = fn.__name__
+    row(fn, lambda f, g=fn: g([]), ValueError, "points is empty", f"{n}-no-points")
+    row(fn, lambda f, g=fn: g(torch.zeros(0, 4, 4)), ValueError, "points is empty", f"{n}-empty-tensor")
+    row(fn, lambda f, g=fn: g([ROT, torch.eye(3, dtype=torch.float64)]), ValueError, "points[1] has shape (3, 3)",
+        f"{n}-shape-mismatch")
+    row(fn, lambda f, g=fn: g([ROT, W44.double()]), ValueError, "points[1] must be orthogonal", f"{n}-not-orthogonal")
+    row(fn, lambda f, g=fn: g([ROT, ROT_NAN]), ValueError, "points[1] contains NaN", f"{n}-nan")
+    row(fn, lambda f, g=fn: g([torch.eye(4, dtype=torch.int64)] * 2), TypeError, "points[0] must have a floating",
+        f"{n}-int")
+    row(fn, lambda f, g=fn: g([ROT.float(), ROT_B]), TypeError, "points[1] is torch.float64 but points[0] is "
+        "torch.float32", f"{n}-mixed-dtypes")
+    row(fn, lambda f, g=fn: g(ROT), ValueError, "points must be a sequence of matrices", f"{n}-one-matrix")
+    row(fn, lambda f, g=fn: g("points"), TypeError, "points must be a torch.Tensor", f"{n}-string")
+    row(fn, lambda f, g=fn: g([ROT, ROT_B], weights=[1.0]), ValueError, "weights must have one entry per point",
+        f"{n}-weights-length")
+    row(fn, lambda f, g=fn: g([ROT, ROT_B], weights=[1.0, -1.0]), ValueError, "weights must be >= 0",
+        f"{n}-negative-weight")
+    row(fn, lambda f, g=fn: g([ROT, ROT_B], weights=[0.0, 0.0]), ValueError, "weights must not all be zero",
+        f"{n}-zero-weights")
+    row(fn, lambda f, g=fn: g([ROT, ROT_B], weights=[math.nan, 1.0]), ValueError, "weights contains NaN",
+        f"{n}-nan-weight")
+    row(fn, lambda f, g=fn: g([ROT, ROT_B], weights=[[0.5, 0.5]]), ValueError, "weights must be 1-dimensional",
+        f"{n}-2d-weights")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, REFL]), ValueError, "points lie in different components",
+    "karcher_mean-det-plus-and-minus")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ST52, ST52_B]), ValueError, "points must be square",
+    "karcher_mean-stiefel")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([torch.eye(4, dtype=torch.float64), HALF_TURN]), ValueError,
+    "eigenvalue -1", "karcher_mean-cut-locus")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], tol=-1.0), ValueError, "tol", "karcher_mean-negative-tol")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], tol="small"), TypeError, "tol must be a real number",
+    "karcher_mean-string-tol")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], max_iter=1.5), ValueError, "max_iter",
+    "karcher_mean-float-max-iter")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], init=REFL), ValueError,
+    "init lies in the other component", "karcher_mean-init-det-minus")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], init=torch.eye(3, dtype=torch.float64)), ValueError,
+    "init must be 4 x 4", "karcher_mean-init-shape")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], init=W44.double()), ValueError,
+    "init must be orthogonal", "karcher_mean-init-not-orthogonal")
+row(rm.karcher_mean, lambda f: rm.karcher_mean([ROT, ROT_B], warn="no"), TypeError, "warn must be True or False",
+    "karcher_mean-warn-string")
+row(rm.chordal_mean, lambda f: rm.chordal_mean([ROT, ROT_B], group="SE"), ValueError, "group must be one of",
+    "chordal_mean-bad-group")
+row(rm.chordal_mean, lambda f: rm.chordal_mean([ST52, ST52_B], group="SO"), ValueError,
+    "group='SO' needs square matrices", "chordal_mean-SO-stiefel")
+row(rm.chordal_mean, lambda f: rm.chordal_mean([ST52.T, ST52_B.T]), ValueError, "points must be tall",
+    "chordal_mean-wide")
+
+# merging
+for fn in (rm.task_arithmetic, rm.ties_merge, rm.orthomerge):
+    n = fn.__name__
+    row(fn, lambda f, g=fn: g(W44, []), ValueError, "experts must be a non-empty sequence", f"{n}-no-experts")
+    row(fn, lambda f, g=fn: g(W44, "experts"), ValueError, "experts must be a non-empty sequence", f"{n}-string")
+    row(fn, lambda f, g=fn: g(W44, [W44[:, :3]]), ValueError, "experts[0] has shape (4, 3) but base has (4, 4)",
+        f"{n}-shape-mismatch")
+    row(fn, lambda f, g=fn: g(W44, [W_EXP[0], X_NAN[:4]]), ValueError, "experts[1] contains NaN", f"{n}-nan-expert")
+    row(fn, lambda f, g=fn: g(X_INF[:4], W_EXP), ValueError, "base contains NaN or Inf", f"{n}-inf-base")
+    row(fn, lambda f, g=fn: g(torch.zeros(4, 4, dtype=torch.int64), W_EXP), TypeError, "base must have a floating",
+        f"{n}-int-base")
+    row(fn, lambda f, g=fn: g(W44, W44), ValueError, "experts given as one tensor must stack them",
+        f"{n}-unstacked-tensor")
+    row(fn, lambda f, g=fn: g(W44, W_EXP, scale=-1.0), ValueError, "scale", f"{n}-negative-scale")
+    row(fn, lambda f, g=fn: g(W44, W_EXP, scale=math.nan), ValueError, "scale", f"{n}-nan-scale")
+row(rm.task_arithmetic, lambda f: rm.task_arithmetic(torch.zeros(2), [torch.full((2,), 3e38)] * 2, scale=1.0),
+    ValueError, "the merged tensor overflows float32", "task_arithmetic-float32-overflow")
+row(rm.ties_merge, lambda f: rm.ties_merge(torch.zeros(2), [torch.full((2,), 3e38)], density=1.0, scale=2.0),
+    ValueError, "the merged tensor overflows float32", "ties_merge-float32-overflow")
+row(rm.task_arithmetic, lambda f: rm.task_arithmetic(torch.tensor(1.0), torch.tensor(2.0)), ValueError,
+    "experts given as one tensor", "task_arithmetic-0d-experts")
+for d in (0.0, 1.5, math.nan):
+    row(rm.ties_merge, lambda f, d=d: rm.ties_merge(W44, W_EXP, density=d), ValueError, "density",
+        f"ties_merge-density-{d}")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average([]), ValueError,
+    "generators must be a non-empty sequence", "norm_corrected_average-empty")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average("AB"), ValueError,
+    "generators must be a non-empty sequence", "norm_corrected_average-string")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average([SKEW], magnitude="min"), ValueError,
+    "magnitude must be one of", "norm_corrected_average-bad-magnitude")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average([SKEW], direction_weight="max"), ValueError,
+    "direction_weight must be one of", "norm_corrected_average-bad-direction-weight")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average([SKEW, SKEW[:3, :3]]), ValueError,
+    "generators[1] has shape", "norm_corrected_average-shape-mismatch")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average([SKEW, ROT_NAN]), ValueError,
+    "generators[1] contains NaN", "norm_corrected_average-nan")
+row(rm.norm_corrected_average, lambda f: rm.norm_corrected_average([torch.eye(2, dtype=torch.int64)]), TypeError,
+    "generators[0] must have a floating", "norm_corrected_average-int")
+row(rm.decouple_orthogonal, lambda f: rm.decouple_orthogonal(W44, W_EXP[0], side="left"), ValueError,
+    "side must be one of", "decouple_orthogonal-bad-side")
+row(rm.decouple_orthogonal, lambda f: rm.decouple_orthogonal(W44, W44[:, :3]), ValueError,
+    "expert has shape (4, 3) but base has (4, 4)", "decouple_orthogonal-shape-mismatch")
+row(rm.decouple_orthogonal, lambda f: rm.decouple_orthogonal(W44[0], W44[0]), ValueError,
+    "base must be 2-dimensional", "decouple_orthogonal-1d")
+row(rm.decouple_orthogonal, lambda f: rm.decouple_orthogonal(W44, X_NAN[:4]), ValueError, "expert contains NaN",
+    "decouple_orthogonal-nan")
+row(rm.decouple_orthogonal, lambda f: rm.decouple_orthogonal(W44, W_EXP[0], target=W44[:3, :3]), ValueError,
+    "target has shape (3, 3) but base has (4, 4)", "decouple_orthogonal-target-shape")
+row(rm.decouple_orthogonal, lambda f: rm.decouple_orthogonal(torch.eye(4, dtype=torch.int64), W44), TypeError,
+    "base must have a floating", "decouple_orthogonal-int")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44[0], [W44[0]]), ValueError, "base must be a 2-d",
+    "orthomerge-1d")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44, W_EXP, residual="mean"), ValueError, "residual must be one of",
+    "orthomerge-bad-residual")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44, W_EXP, rotation_fit="rows"), ValueError,
+    "rotation_fit must be one of", "orthomerge-bad-rotation-fit")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44, W_EXP, side="both"), ValueError, "side must be one of",
+    "orthomerge-bad-side")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44, W_EXP, magnitude="min"), ValueError, "magnitude must be one of",
+    "orthomerge-bad-magnitude")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44, W_EXP, residual="ties", density=0.0), ValueError, "density",
+    "orthomerge-ties-zero-density")
+row(rm.orthomerge, lambda f: rm.orthomerge(W44, W_EXP, density=3.0), ValueError, "density",
+    "orthomerge-unused-density-out-of-range")
+row(rm.orthomerge, lambda f: rm.orthomerge(torch.eye(4), [HALF_TURN.float()]), ValueError, "angle near pi",
+    "orthomerge-half-turn-expert")
+MLP_WIDE = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), []), ValueError, "experts must be a non-empty sequence",
+    "merge_models-no-experts")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), _mlp()), ValueError, "experts must be a non-empty sequence",
+    "merge_models-one-module-not-a-list")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp()], method="average"), ValueError,
+    "method must be one of", "merge_models-bad-method")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [MLP_WIDE]), ValueError, "base and experts[0] do not match",
+    "merge_models-architecture-mismatch")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [nn.Sequential(nn.Linear(3, 4))]), ValueError,
+    "keys only in base", "merge_models-missing-layers")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp()], method="task_arithmetic", density=0.5), TypeError,
+    "unexpected options ['density']", "merge_models-option-of-another-method")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp()], magnitude="min"), ValueError,
+    "magnitude must be one of", "merge_models-bad-option-value")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp()], residual="mean"), ValueError,
+    "residual must be one of", "merge_models-bad-residual")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp()], method="ties", density=3.0), ValueError,
+    "density", "merge_models-ties-density")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp()], scale=-1.0), ValueError, "scale",
+    "merge_models-negative-scale")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp().state_dict(), [_mlp()]), TypeError,
+    "base must be an nn.Module", "merge_models-base-state-dict")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), ["expert"]), TypeError,
+    "experts[0] must be an nn.Module or a state_dict", "merge_models-expert-string")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [{k: "x" for k in _mlp().state_dict()}]), TypeError,
+    "must be a torch.Tensor", "merge_models-state-dict-of-strings")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [_mlp(), _nan_mlp()]), ValueError,
+    "experts[1]['0.weight'] contains NaN", "merge_models-nan-expert")
+row(rm.merge_models, lambda f: rm.merge_models(_mlp(), [{k: v.long() for k, v in _mlp().state_dict().items()}]),
+    TypeError, "experts[0]['0.weight'] must be floating-point", "merge_models-integer-expert")
+
+# re-basin
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), MLP_WIDE), ValueError,
+    "must have the same architecture: linear layer 0 has weight shape (4, 3) in model_a vs (5, 3)",
+    "weight_matching-width-mismatch")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), _mlp(bias=False)), ValueError,
+    "linear layer 0 has a bias only in model_a", "weight_matching-bias-mismatch")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(between=nn.LayerNorm(4)), _mlp(between=nn.BatchNorm1d(4))),
+    ValueError, "LayerNorm(weight, bias) in model_a vs BatchNorm1d(weight, bias) in model_b",
+    "weight_matching-layernorm-vs-batchnorm")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(between=nn.LayerNorm(4)),
+                                                     _mlp(between=nn.LayerNorm(4, elementwise_affine=False))),
+    ValueError, "LayerNorm(no parameters) in model_b", "weight_matching-affine-mismatch")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(between=nn.LayerNorm(4)), _mlp()), ValueError,
+    "are LayerNorm(weight, bias) in model_a vs none in model_b", "weight_matching-extra-layernorm")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), nn.Sequential(nn.Linear(3, 4), nn.ReLU(),
+                                                                         nn.Linear(4, 4), nn.ReLU(),
+                                                                         nn.Linear(4, 2))),
+    ValueError, "2 linear layers in model_a vs 3 in model_b", "weight_matching-depth-mismatch")
+row(rm.weight_matching, lambda f: rm.weight_matching(nn.Linear(3, 4), _mlp()), TypeError,
+    "model_a must be an nn.Sequential", "weight_matching-not-sequential")
+row(rm.weight_matching, lambda f: rm.weight_matching(nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 4))),
+    ValueError, "model_a needs at least two nn.Linear", "weight_matching-no-hidden-layer")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(between=nn.Softmax(-1)), _mlp()), TypeError,
+    "Softmax between linear layers is not known to act unit by unit", "weight_matching-softmax-between")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), _nan_mlp()), ValueError,
+    "model_b has NaN or Inf values in 0.weight", "weight_matching-nan")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), _mlp(), max_sweeps=0), ValueError, "max_sweeps",
+    "weight_matching-zero-sweeps")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), _mlp(), seed=1.5), TypeError, "seed must be an integer",
+    "weight_matching-float-seed")
+row(rm.weight_matching, lambda f: rm.weight_matching(_mlp(), _mlp(), seed="x"), TypeError, "seed must be an integer",
+    "weight_matching-string-seed")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), []), ValueError,
+    "permutations must hold one index tensor per hidden layer (1), got 0", "permute_hidden_units-count")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), [torch.tensor([0, 0, 1, 2])]), ValueError,
+    "permutations[0] must be a permutation of range(4)", "permute_hidden_units-duplicate-index")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), [torch.tensor([0.5, 1.0, 2.0, 3.0])]),
+    TypeError, "permutations[0] must hold integer indices", "permute_hidden_units-float-indices")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), [np.array([0.0, 1.0, 2.0, 3.0])]),
+    TypeError, "permutations[0] must hold integer indices", "permute_hidden_units-float-numpy")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), [torch.tensor([True, False, True, False])]),
+    TypeError, "permutations[0] must hold integer indices", "permute_hidden_units-bool-mask")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), ["0123"]), TypeError,
+    "permutations[0] must be a tensor or list", "permute_hidden_units-string")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(_mlp(), torch.arange(4)), TypeError,
+    "permutations must be a list of index tensors", "permute_hidden_units-bare-tensor")
+row(rm.permute_hidden_units, lambda f: rm.permute_hidden_units(nn.Linear(3, 4), [torch.arange(4)]), TypeError,
+    "model must be an nn.Sequential", "permute_hidden_units-not-sequential")
+
+# orthogonal adapters
+OAB = rm.orthogonal_adapter_bases
+row(OAB, lambda f: OAB(4, 3, num_adapters=2), ValueError, "the ranks add up to 6 > in_features = 4",
+    "orthogonal_adapter_bases-too-many")
+row(OAB, lambda f: OAB(4, 2), ValueError, "num_adapters is needed", "orthogonal_adapter_bases-no-count")
+row(OAB, lambda f: OAB(4, 0, num_adapters=2), ValueError, "ranks[0] must be a positive integer",
+    "orthogonal_adapter_bases-zero-rank")
+row(OAB, lambda f: OAB(4, []), ValueError, "ranks must not be empty", "orthogonal_adapter_bases-no-ranks")
+row(OAB, lambda f: OAB(4, 2.0, num_adapters=2), TypeError, "ranks must be a positive integer or a sequence",
+    "orthogonal_adapter_bases-float-rank")
+row(OAB, lambda f: OAB(4, "2", num_adapters=2), TypeError, "ranks must be a positive integer or a sequence",
+    "orthogonal_adapter_bases-string-rank")
+row(OAB, lambda f: OAB(4, [1, 1], num_adapters=3), ValueError, "num_adapters=3 but 2 ranks",
+    "orthogonal_adapter_bases-count-mismatch")
+row(OAB, lambda f: OAB(0, 1, num_adapters=1), ValueError, "in_features must be a positive integer",
+    "orthogonal_adapter_bases-zero-width")
+row(OAB, lambda f: OAB(4, 1, num_adapters=2, dtype=torch.int64), TypeError, "dtype must be a floating",
+    "orthogonal_adapter_bases-int-dtype")
+row(OAB, lambda f: OAB(4, 1, num_adapters=2, device="cuda"), ValueError, "no CUDA GPU",
+    "orthogonal_adapter_bases-cuda-without-gpu", cuda=True)
+row(OAB, lambda f: OAB(4, 1, num_adapters=2, device="gpu"), ValueError, "unknown device",
+    "orthogonal_adapter_bases-bad-device")
+row(OAB, lambda f: OAB(4, 1, num_adapters=2, generator=0), TypeError, "generator must be a torch.Generator",
+    "orthogonal_adapter_bases-int-generator")
+AI = rm.adapter_interference
+row(AI, lambda f: AI([]), ValueError, "deltas must be a non-empty sequence", "adapter_interference-empty")
+row(AI, lambda f: AI("W"), ValueError, "deltas must be a non-empty sequence", "adapter_interference-string")
+row(AI, lambda f: AI([W44], side="both"), ValueError, "side must be one of", "adapter_interference-bad-side")
+row(AI, lambda f: AI([W44, W44[:, :3]]), ValueError, "deltas[1] has shape (4, 3)", "adapter_interference-shapes")
+row(AI, lambda f: AI([W44, X_NAN[:4]]), ValueError, "deltas[1] contains NaN", "adapter_interference-nan")
+row(AI, lambda f: AI([W44[0]]), ValueError, "deltas[0] must be 2-dimensional", "adapter_interference-1d")
+row(AI, lambda f: AI(W44), ValueError, "deltas given as one tensor must stack", "adapter_interference-one-matrix")
+row(AI, lambda f: AI([torch.eye(2, dtype=torch.int64)]), TypeError, "deltas[0] must have a floating",
+    "adapter_interference-int")
+row(AI, lambda f: AI([W44], normalized="yes"), TypeError, "normalized must be True or False",
+    "adapter_interference-normalized-string")
+
+# the permutation solver
+row(cf.linear_assignment, lambda f: cf.linear_assignment(W44[0]), ValueError, "scores must be 2-dimensional",
+    "linear_assignment-1d")
+row(cf.linear_assignment, lambda f: cf.linear_assignment(X_NAN[:4]), ValueError, "scores contains NaN",
+    "linear_assignment-nan")
+row(cf.linear_assignment, lambda f: cf.linear_assignment(X_INF[:4]), ValueError, "scores contains NaN or Inf",
+    "linear_assignment-inf")
+row(cf.linear_assignment, lambda f: cf.linear_assignment(torch.eye(3, dtype=torch.int64)), TypeError,
+    "scores must have a floating dtype", "linear_assignment-int")
+row(cf.linear_assignment, lambda f: cf.linear_assignment(W44.to(torch.complex64)), TypeError,
+    "scores must have a floating dtype", "linear_assignment-complex")
+row(cf.linear_assignment, lambda f: cf.linear_assignment("scores"), TypeError, "scores must be a torch.Tensor",
+    "linear_assignment-string")
+row(cf.linear_assignment, lambda f: cf.linear_assignment(W44, signed="yes"), TypeError,
+    "signed must be True or False", "linear_assignment-signed-string")
+row(cf.solve_permutation, lambda f: cf.solve_permutation("moments"), TypeError,
+    "m must be the PairedMoments", "solve_permutation-not-moments")
+row(cf.solve_permutation, lambda f: cf.solve_permutation(_perm_moments(second_moments=("x", "y")), score="cosine"),
+    ValueError, "score must be one of", "solve_permutation-bad-score")
+row(cf.solve_permutation, lambda f: cf.solve_permutation(_perm_moments(second_moments=("x", "y")), signed=1),
+    TypeError, "signed must be True or False", "solve_permutation-signed-int")
+row(cf.solve_permutation, lambda f: cf.solve_permutation(_perm_moments()), ValueError,
+    "m lacks the Gram of y", "solve_permutation-missing-gram")
+row(cf.solve_permutation, lambda f: cf.solve_permutation(cf.accumulate_moments(
+    torch.ones(8, 3, dtype=torch.float64), torch.ones(8, 3, dtype=torch.float64), second_moments=("x", "y"))),
+    ValueError, "the matching scores are all zero", "solve_permutation-constant-units")
+row(cf.fit_closed_form, lambda f: fcf(X, Y, kind="permutation", score="cosine"), ValueError, "score must be one of",
+    "fcf-permutation-bad-score")
+row(cf.fit_closed_form, lambda f: fcf(X, Y, kind="permutation", signed="yes"), TypeError,
+    "signed must be True or False", "fcf-permutation-signed-string")
+row(cf.fit_closed_form, lambda f: fcf(X_NAN, Y, kind="permutation"), ValueError, "X contains NaN",
+    "fcf-permutation-nan")
+
+
 # ----------------------------------------------------------------------------------------------- rows: the CLI
 row("cli:fit", lambda f: cli("fit", f.p("new.npy"), f.p("old.npy"), "--out", f.p("o.pt"), "--kind", "affine",
                              "--solver", "trained", "--lr", "1e6", "--epochs", "20", "--quiet"), CLIFailed,
@@ -777,7 +1240,7 @@ def test_bad_input_gives_one_clear_line(r: Row, f):
 # ----------------------------------------------------------------------------------------------- coverage
 PUBLIC_MODULES = ("relaxedortho", "relaxedortho.closed_form", "relaxedortho.metrics", "relaxedortho.similarity",
                   "relaxedortho.penalties", "relaxedortho.linalg", "relaxedortho.training", "relaxedortho.transfer",
-                  "relaxedortho.losses")
+                  "relaxedortho.losses", "relaxedortho.riemannian")
 
 #: Public callables that take no input of their own to validate, with the reason.
 EXEMPT = {
@@ -788,6 +1251,8 @@ EXEMPT = {
     "relaxedortho.closed_form.ClosedFormSolution": "a record returned by the solvers",
     "relaxedortho.closed_form.PairedMoments": "a record returned by accumulate_moments (the solvers' rows check "
                                               "what they accept)",
+    "relaxedortho.riemannian.KarcherMean": "a record returned by karcher_mean",
+    "relaxedortho.riemannian.WeightMatching": "a record returned by weight_matching",
 }
 
 

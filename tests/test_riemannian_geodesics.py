@@ -294,3 +294,26 @@ def test_stiefel_errors():
         stiefel_log(U, random_orthogonal(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
                     max_iter=1)
     assert far.shape == U.shape
+
+
+def test_stiefel_geodesic_passes_tol_and_max_iter_to_the_logarithm():
+    """``tol`` and ``max_iter`` are stiefel_geodesic's own keywords now (they went through ``**log_options``)."""
+    g = torch.Generator().manual_seed(0)
+    U0 = random_orthogonal(4, 2, generator=g, dtype=torch.float64)
+    U1 = random_orthogonal(4, 2, generator=g, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not converge in 1 iterations"):
+        stiefel_geodesic(U0, U1, 0.5, max_iter=1)
+    loose = stiefel_geodesic(U0, U1, 1.0, tol=1e-3)
+    assert 1e-12 < float((loose - U1).abs().max()) <= 1e-2
+    torch.testing.assert_close(stiefel_geodesic(U0, U1, 1.0), U1, atol=1e-11, rtol=0)
+
+
+def test_geodesic_takes_times_as_numbers_lists_and_arrays():
+    g = torch.Generator().manual_seed(1)
+    R0 = random_orthogonal(3, 3, generator=g, dtype=torch.float64)
+    R1 = R0 @ random_orthogonal(3, 3, generator=g, dtype=torch.float64, special=True)
+    ref = geodesic(R0, R1, torch.tensor([0.25, 0.5]))
+    for t in ([0.25, 0.5], np.array([0.25, 0.5]), np.array([0.25, 0.5], dtype=np.float32)):
+        torch.testing.assert_close(geodesic(R0, R1, t), ref, atol=0, rtol=0)
+    torch.testing.assert_close(geodesic(R0, R1, np.float64(0.5)), ref[1], atol=1e-15, rtol=0)
+    torch.testing.assert_close(geodesic(R0, R1, 1), R1, atol=1e-12, rtol=0)

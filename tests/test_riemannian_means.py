@@ -165,3 +165,15 @@ def test_flags_warnings_and_bad_input():
         chordal_mean([])
     with pytest.raises(ValueError, match="orthogonal"):
         karcher_mean([torch.ones(2, 2, dtype=torch.float64)])
+
+
+@given(clouds(max_n=4, max_points=4))
+def test_weights_are_scale_free_up_to_the_float64_limit(cloud):
+    """Weights are normalised without overflow: w and scale * w give the same means even when their sum
+    overflows float64 (1.7e308 each; the sum used to be inf, turning every weight into 0)."""
+    _, pts, w = cloud
+    w = w / w.max()
+    ref_k, ref_c = karcher_mean(pts, w, warn=False).mean, chordal_mean(pts, w)
+    for scale in (1e-300, 1e300, 1.7e308):
+        torch.testing.assert_close(karcher_mean(pts, scale * w, warn=False).mean, ref_k, atol=1e-12, rtol=0)
+        torch.testing.assert_close(chordal_mean(pts, scale * w), ref_c, atol=1e-12, rtol=0)

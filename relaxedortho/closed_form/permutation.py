@@ -21,9 +21,11 @@ is sent to a distinct unit of Y (orthonormal rows, :math:`WW^\top = I_p`); with 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .._checks import check_choice
+from .._checks import as_float_tensor, check_bool, check_choice
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments
 
@@ -33,12 +35,13 @@ __all__ = ["linear_assignment", "solve_permutation", "PERMUTATION_SCORES"]
 PERMUTATION_SCORES = ("correlation", "cross")
 
 
-def linear_assignment(scores: torch.Tensor, *, signed: bool = False) -> torch.Tensor:
+def linear_assignment(scores: Any, *, signed: bool = False) -> torch.Tensor:
     r"""The (signed, partial) permutation matrix :math:`W` (p×q, float64) maximising :math:`\sum_{ij}W_{ij}S_{ij}`.
 
     Unsigned: a maximum-weight matching of rows to columns on ``scores`` (min(p, q) pairs, entries 1). Signed: the
     matching on :math:`|S|`, each matched entry set to the sign of its score (+1 for a zero score). Solved exactly
-    by :func:`scipy.optimize.linear_sum_assignment` on the CPU; the result is on ``scores``' device.
+    by :func:`scipy.optimize.linear_sum_assignment` on the CPU; the result is on ``scores``' device. ``scores`` is a
+    finite floating-point p×q tensor or NumPy array (else :class:`TypeError` / :class:`ValueError`).
 
     Example:
         >>> linear_assignment(torch.tensor([[0.1, 2.0], [3.0, 0.2]])).tolist()
@@ -48,11 +51,9 @@ def linear_assignment(scores: torch.Tensor, *, signed: bool = False) -> torch.Te
     """
     from scipy.optimize import linear_sum_assignment
 
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be 2-dimensional, got shape {tuple(scores.shape)}")
+    signed = check_bool(signed, "signed")
+    scores = as_float_tensor(scores, "scores", ndim=2)
     s = scores.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError("scores contain NaN or Inf values")
     gain = s.abs() if signed else s
     rows, cols = linear_sum_assignment(gain.numpy(), maximize=True)
     rows, cols = torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
@@ -77,9 +78,16 @@ def solve_permutation(m: PairedMoments, *, signed: bool = False, score: str = "c
     Returns a :class:`~relaxedortho.closed_form.ClosedFormSolution` with the p×q matrix W (entries 0, ±1; orthonormal
     rows or columns) and ``info`` holding the matched score total.
     """
-    if not isinstance(signed, bool):
-        raise TypeError(f"signed must be True or False, got {signed!r}")
+    if not isinstance(m, PairedMoments):
+        raise TypeError(f"m must be the PairedMoments of accumulate_moments, got {type(m).__name__}")
+    signed = check_bool(signed, "signed")
     check_choice(score, "score", PERMUTATION_SCORES)
+    if score == "correlation":
+        missing = [name for name, g in (("x", m.gram_x_shifted), ("y", m.gram_y_shifted)) if g is None]
+        if missing or not m.has_sums:
+            what = f"the Gram of {' and '.join(missing)}" if missing else "the column sums (means=False)"
+            raise ValueError(f"m lacks {what}, which score='correlation' needs; accumulate with "
+                             "second_moments=('x', 'y') and means=True, or use score='cross'")
     if score == "correlation":
         C = m.cross(center=True)
         vx = torch.diagonal(m.gram_x(center=True)).clamp_min(0)

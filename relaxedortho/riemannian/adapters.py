@@ -15,12 +15,14 @@ rank r fit; Po et al. use random Gaussian :math:`B_i` (nearly orthogonal in high
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Sequence
 
 import torch
 
-from .._checks import as_float_tensor, check_choice, check_features
+from .._checks import as_float_tensor, check_bool, check_choice, check_device, check_features
 from ..linalg import random_orthogonal
+from ..maps.base import check_dtype
 
 __all__ = ["orthogonal_adapter_bases", "adapter_interference"]
 
@@ -47,11 +49,18 @@ def orthogonal_adapter_bases(in_features: int, ranks: int | Sequence[int], num_a
         ([(8, 2), (8, 2), (8, 2)], True)
     """
     in_features = check_features(in_features, "in_features")
-    if isinstance(ranks, (int,)) and not isinstance(ranks, bool):
+    check_dtype(dtype)
+    if device is not None:
+        device = check_device(device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if isinstance(ranks, Integral) and not isinstance(ranks, bool):
         if num_adapters is None:
             raise ValueError("num_adapters is needed when ranks is a single number")
         num_adapters = check_features(num_adapters, "num_adapters")
         ranks = [ranks] * num_adapters
+    elif isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
+        raise TypeError(f"ranks must be a positive integer or a sequence of them, got {type(ranks).__name__}")
     else:
         ranks = list(ranks)
         if num_adapters is not None and num_adapters != len(ranks):
@@ -88,9 +97,13 @@ def adapter_interference(deltas: Any, *, side: str = "input", normalized: bool =
         [[5.0, 0.0], [0.0, 10.0]]
     """
     check_choice(side, "side", ("input", "output"))
+    normalized = check_bool(normalized, "normalized")
     if isinstance(deltas, torch.Tensor):
+        if deltas.ndim != 3:
+            raise ValueError(f"deltas given as one tensor must stack (out x in) matrices, shape (T, out, in), got "
+                             f"{tuple(deltas.shape)}")
         deltas = list(deltas)
-    if not isinstance(deltas, Sequence) or len(deltas) == 0:
+    if not isinstance(deltas, Sequence) or isinstance(deltas, (str, bytes)) or len(deltas) == 0:
         raise ValueError("deltas must be a non-empty sequence of (out x in) matrices")
     D = [as_float_tensor(d, f"deltas[{i}]", ndim=2).double() for i, d in enumerate(deltas)]
     for i, d in enumerate(D[1:], 1):

@@ -26,7 +26,7 @@ import torch
 
 from .._checks import as_float_tensor
 from .geodesics import CUT_LOCUS_FACTOR, _check_skew
-from .group import check_orthogonal, determinant_sign
+from .group import _det_sign, check_orthogonal
 
 __all__ = ["cayley", "cayley_inverse"]
 
@@ -71,7 +71,7 @@ def cayley_inverse(R: Any) -> torch.Tensor:
         [[0.0, -1.0], [1.0, 0.0]]
     """
     R = check_orthogonal(R, "R")
-    if bool((determinant_sign(R) < 0).any()):
+    if bool((_det_sign(R) < 0).any()):
         raise ValueError("R has determinant -1 (a reflection): it is outside the Cayley chart of SO(n) "
                          "(R + I is singular)")
     r = R.double()

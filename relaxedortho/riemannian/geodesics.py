@@ -31,12 +31,14 @@ planes both rotate by nearly π it is ill-conditioned (its derivative grows like
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any
 
+import numpy as np
 import torch
 
-from .._checks import as_float_tensor
-from .group import check_orthogonal, determinant_sign
+from .._checks import as_float_tensor, check_bool
+from .group import _det_sign, check_orthogonal
 
 __all__ = ["skew_log", "log_map", "exp_map", "geodesic", "distance", "CUT_LOCUS_FACTOR"]
 
@@ -127,18 +129,60 @@ def skew_log(R: Any, *, check: bool = True) -> torch.Tensor:
         >>> round(float(X[1, 0]), 12)
         0.5
     """
-    R = check_orthogonal(R, "R") if check else as_float_tensor(R, "R")
-    if check and bool((determinant_sign(R) < 0).any()):
+    if check_bool(check, "check"):
+        R = check_orthogonal(R, "R")
+    else:
+        R = as_float_tensor(R, "R", allow_half=False)
+        if R.ndim < 2 or R.shape[-1] != R.shape[-2] or R.numel() == 0:
+            raise ValueError(f"R must be a non-empty batch of square matrices (..., n, n), got shape {tuple(R.shape)}")
+    if check and bool((_det_sign(R) < 0).any()):
         raise ValueError("R has determinant -1 (a reflection): it has no real logarithm; geodesics stay in one "
                          "component of O(n), use log_map(R0, R1) with R0, R1 of equal determinant")
     return _skew_log64(R.double(), R.dtype, "R").to(R.dtype)
 
 
-def _same_component(R0: torch.Tensor, R1: torch.Tensor) -> None:
-    d0, d1 = determinant_sign(R0), determinant_sign(R1)
+def _batch_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> tuple[int, ...]:
+    """The broadcast batch shape of two stacks of matrices ``(..., n, m)``; a one-line error when there is none."""
+    try:
+        return tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    except RuntimeError:
+        raise ValueError(f"{names[0]} and {names[1]} have batch shapes {tuple(a.shape[:-2])} and "
+                         f"{tuple(b.shape[:-2])}, which do not broadcast") from None
+
+
+def _pair(R0: Any, R1: Any) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """Two validated stacks of orthogonal matrices of one size, broadcastable batch shapes and equal determinants,
+    and their promoted dtype."""
+    R0, R1 = check_orthogonal(R0, "R0"), check_orthogonal(R1, "R1")
+    if R0.shape[-1] != R1.shape[-1]:
+        raise ValueError(f"R0 and R1 must have the same size n, got {R0.shape[-1]} and {R1.shape[-1]}")
+    _batch_shape(R0, R1, ("R0", "R1"))
+    if R1.device != R0.device:
+        raise ValueError(f"R0 and R1 must be on the same device, got {R0.device} and {R1.device}")
+    d0, d1 = _det_sign(R0), _det_sign(R1)
     if bool((d0 != d1).any()):
         raise ValueError("R0 and R1 lie in different components of O(n) (determinants of opposite sign): no geodesic "
                          "joins a rotation to a reflection")
+    return R0, R1, torch.promote_types(R0.dtype, R1.dtype)
+
+
+def _check_times(t: Any, device: torch.device) -> torch.Tensor:
+    """``t`` as a float64 scalar or 1-d tensor of finite times."""
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (Real, torch.Tensor, np.ndarray, list, tuple)):
+        raise TypeError(f"t must be a real number or a 1-d tensor of times, got {type(t).__name__}")
+    if isinstance(t, Real):
+        tt = torch.tensor(float(t), dtype=torch.float64, device=device)
+    else:
+        arr = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
+        if arr.dtype == torch.bool or arr.is_complex() or not (arr.is_floating_point() or arr.dtype in (
+                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+            raise TypeError(f"t must hold real numbers, got dtype {arr.dtype}")
+        tt = arr.to(dtype=torch.float64, device=device)
+    if tt.ndim > 1:
+        raise ValueError(f"t must be a number or a 1-d tensor of times, got shape {tuple(tt.shape)}")
+    if not bool(torch.isfinite(tt).all()):
+        raise ValueError("t contains NaN or Inf values")
+    return tt
 
 
 def log_map(R0: Any, R1: Any) -> torch.Tensor:
@@ -155,11 +199,7 @@ def log_map(R0: Any, R1: Any) -> torch.Tensor:
         >>> torch.allclose(exp_map(R, log_map(R, R)), R)
         True
     """
-    R0, R1 = check_orthogonal(R0, "R0"), check_orthogonal(R1, "R1")
-    dtype = torch.promote_types(R0.dtype, R1.dtype)
-    if R0.shape[-1] != R1.shape[-1]:
-        raise ValueError(f"R0 and R1 must have the same size n, got {R0.shape[-1]} and {R1.shape[-1]}")
-    _same_component(R0, R1)
+    R0, R1, dtype = _pair(R0, R1)
     r0 = R0.double()
     X = _skew_log64(r0.mT @ R1.double(), dtype, "R0^T R1")
     return (r0 @ X).to(dtype)
@@ -176,6 +216,8 @@ def exp_map(R0: Any, xi: Any) -> torch.Tensor:
     xi = as_float_tensor(xi, "xi")
     if xi.shape[-2:] != R0.shape[-2:]:
         raise ValueError(f"xi must have the shape of R0's matrices {tuple(R0.shape[-2:])}, got {tuple(xi.shape)}")
+    _batch_shape(R0, xi, ("R0", "xi"))
+    xi = xi.to(R0.device)
     dtype = torch.promote_types(R0.dtype, xi.dtype)
     r0 = R0.double()
     X = r0.mT @ xi.double()
@@ -199,8 +241,9 @@ def geodesic(R0: Any, R1: Any, t: Any) -> torch.Tensor:
     .. math:: \gamma(t) = R_0\exp\big(t\log(R_0^\top R_1)\big).
 
     It has constant speed :math:`d(R_0, R_1)`: :math:`d(\gamma(s), \gamma(t)) = |t - s|\,d(R_0, R_1)` for
-    :math:`s, t \in [0, 1]`; ``t`` outside [0, 1] extrapolates along the same geodesic. ``t`` is a number (result
-    ``(..., n, n)``) or a 1-d tensor of T times (result ``(T, ..., n, n)``). The same conditions as :func:`log_map`:
+    :math:`s, t \in [0, 1]`; ``t`` outside [0, 1] extrapolates along the same geodesic. ``t`` is a finite real
+    number (result ``(..., n, n)``) or a 1-d tensor, list or array of T finite times (result ``(T, ..., n, n)``).
+    The same conditions as :func:`log_map`:
     equal determinants (else :class:`ValueError`), no eigenvalue −1 of :math:`R_0^\top R_1` (the two geodesics of
     angle ±π would tie). ``γ(0)`` is ``R0`` exactly.
 
@@ -211,16 +254,10 @@ def geodesic(R0: Any, R1: Any, t: Any) -> torch.Tensor:
         >>> round(float(torch.atan2(g[1, 0], g[0, 0])), 12) == round(math.pi / 4, 12)
         True
     """
-    R0, R1 = check_orthogonal(R0, "R0"), check_orthogonal(R1, "R1")
-    dtype = torch.promote_types(R0.dtype, R1.dtype)
-    _same_component(R0, R1)
+    R0, R1, dtype = _pair(R0, R1)
+    tt = _check_times(t, R0.device)
     r0 = R0.double()
     X = _skew_log64(r0.mT @ R1.double(), dtype, "R0^T R1")
-    tt = torch.as_tensor(t, dtype=torch.float64, device=r0.device)
-    if tt.ndim > 1:
-        raise ValueError(f"t must be a number or a 1-d tensor of times, got shape {tuple(tt.shape)}")
-    if not bool(torch.isfinite(tt).all()):
-        raise ValueError("t contains NaN or Inf values")
     if tt.ndim == 1:
         Xt = tt.reshape((-1,) + (1,) * X.ndim) * X
     else:
@@ -240,8 +277,6 @@ def distance(R0: Any, R1: Any) -> torch.Tensor:
         >>> round(float(distance(torch.eye(2, dtype=torch.float64), R)), 12) == round(math.pi / 2, 12)
         True
     """
-    R0, R1 = check_orthogonal(R0, "R0"), check_orthogonal(R1, "R1")
-    _same_component(R0, R1)
-    dtype = torch.promote_types(R0.dtype, R1.dtype)
+    R0, R1, dtype = _pair(R0, R1)
     X = _skew_log64(R0.double().mT @ R1.double(), dtype, "R0^T R1")
     return torch.linalg.matrix_norm(X) / math.sqrt(2.0)

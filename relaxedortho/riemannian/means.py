@@ -41,14 +41,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-from .._checks import as_float_tensor, check_choice
+from .._checks import as_float_tensor, check_bool, check_choice, check_positive
 from ..linalg import polar
 from .geodesics import _expm64, _skew_log64
-from .group import check_orthogonal, determinant_sign, special_polar
+from .group import _det_sign, _special_polar, check_orthogonal
 
 __all__ = ["karcher_mean", "chordal_mean", "KarcherMean", "CONVEXITY_RADIUS"]
 
@@ -60,7 +61,19 @@ def _stack(points: Any, name: str, square: bool) -> torch.Tensor:
     if isinstance(points, (list, tuple)):
         if not points:
             raise ValueError(f"{name} is empty: give at least one matrix")
-        points = torch.stack([as_float_tensor(p, f"{name}[{i}]", allow_half=False) for i, p in enumerate(points)])
+        mats = [as_float_tensor(p, f"{name}[{i}]", allow_half=False) for i, p in enumerate(points)]
+        for i, m in enumerate(mats[1:], 1):
+            if m.shape != mats[0].shape:
+                raise ValueError(f"{name}[{i}] has shape {tuple(m.shape)} but {name}[0] has {tuple(mats[0].shape)}")
+            if m.dtype != mats[0].dtype:
+                raise TypeError(f"{name}[{i}] is {m.dtype} but {name}[0] is {mats[0].dtype}: give all points in one "
+                                "dtype (the mean is returned in it)")
+            if m.device != mats[0].device:
+                raise ValueError(f"{name}[{i}] is on {m.device} but {name}[0] is on {mats[0].device}")
+        points = torch.stack(mats)
+    elif isinstance(points, (torch.Tensor, np.ndarray)) and points.ndim != 3:
+        raise ValueError(f"{name} must be a sequence of matrices or a (N, n, {'n' if square else 'p'}) tensor, got "
+                         f"shape {tuple(points.shape)}")
     P = check_orthogonal(points, name, square=square, min_ndim=3)
     if P.ndim != 3:
         raise ValueError(f"{name} must be a sequence of matrices or a (N, n, n) tensor, got shape {tuple(P.shape)}")
@@ -75,9 +88,13 @@ def _weights(weights: Any, N: int, device: torch.device) -> torch.Tensor:
         raise ValueError(f"weights must have one entry per point ({N}), got {w.shape[0]}")
     if bool((w < 0).any()):
         raise ValueError("weights must be >= 0")
-    total = float(w.sum())
-    if total <= 0:
+    top = float(w.max())
+    if top <= 0:
         raise ValueError("weights must not all be zero")
+    total = float(w.sum())
+    if not math.isfinite(total):       # finite weights whose sum overflows (near 1e308): scale to at most 1 first
+        w = w / top
+        total = float(w.sum())
     return w / total
 
 
@@ -86,7 +103,8 @@ def chordal_mean(points: Any, weights: Any = None, *, group: str | None = None) 
     matrices: the polar factor of :math:`\sum_i w_i R_i` (Moakher 2002; module documentation).
 
     Args:
-        points: a sequence of ``n x p`` matrices with orthonormal columns, or a ``(N, n, p)`` tensor.
+        points: a sequence of ``n x p`` matrices with orthonormal columns, of one shape and dtype, or a
+            ``(N, n, p)`` tensor.
         weights: ``N`` nonnegative weights (normalised to sum 1; default equal).
         group: for square matrices, the set the result is restricted to: ``None`` (default) keeps the inputs'
             component when they all have the same determinant (the nearest matrix of that determinant) and uses all
@@ -113,10 +131,10 @@ def chordal_mean(points: Any, weights: Any = None, *, group: str | None = None) 
     if not square or group == "O":
         return polar(M).to(P.dtype)
     if group == "SO":
-        return special_polar(M, 1.0).to(P.dtype)
-    signs = determinant_sign(P)
+        return _special_polar(M, 1.0).to(P.dtype)
+    signs = _det_sign(P)
     if bool((signs == signs[0]).all()):
-        return special_polar(M, signs[0]).to(P.dtype)
+        return _special_polar(M, signs[0]).to(P.dtype)
     return polar(M).to(P.dtype)
 
 
@@ -149,8 +167,8 @@ def karcher_mean(points: Any, weights: Any = None, *, init: Any = None, tol: flo
     descent with step 1 (formula, guarantees and sources in the module documentation).
 
     Args:
-        points: a sequence of ``n x n`` orthogonal matrices or a ``(N, n, n)`` tensor, all with the same determinant
-            (else :class:`ValueError`: the mean does not exist across components).
+        points: a sequence of ``n x n`` orthogonal matrices of one dtype, or a ``(N, n, n)`` tensor, all with the
+            same determinant (else :class:`ValueError`: the mean does not exist across components).
         weights: ``N`` nonnegative weights (normalised; default equal).
         init: the starting matrix (same component); default the chordal mean of that component
             (:func:`chordal_mean`).
@@ -179,21 +197,20 @@ def karcher_mean(points: Any, weights: Any = None, *, init: Any = None, tol: flo
     w = _weights(weights, N, P.device)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    tol = 100.0 * math.sqrt(n) * torch.finfo(P.dtype).eps if tol is None else float(tol)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    signs = determinant_sign(P)
+    tol = 100.0 * math.sqrt(n) * torch.finfo(P.dtype).eps if tol is None else check_positive(tol, "tol")
+    warn = check_bool(warn, "warn")
+    signs = _det_sign(P)
     if not bool((signs == signs[0]).all()):
         raise ValueError("points lie in different components of O(n) (determinants of both signs): the Karcher mean "
                          "exists only within one component; use chordal_mean(points, group='O') for a mean in O(n)")
     p64 = P.double()
     if init is None:
-        R = special_polar((w[:, None, None] * p64).sum(0), signs[0])
+        R = _special_polar((w[:, None, None] * p64).sum(0), signs[0])
     else:
-        R = check_orthogonal(init, "init").double()
+        R = check_orthogonal(init, "init").double().to(P.device)
         if R.shape != (n, n):
             raise ValueError(f"init must be {n} x {n}, got {tuple(R.shape)}")
-        if float(determinant_sign(R)) != float(signs[0]):
+        if float(_det_sign(R)) != float(signs[0]):
             raise ValueError("init lies in the other component of O(n) than the points (determinant of opposite sign)")
 
     def step_direction(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,7 +47,7 @@ from torch import nn
 
 from .._checks import as_float_tensor, check_choice, check_nonnegative
 from .cayley_chart import cayley, cayley_inverse
-from .group import special_polar
+from .group import _special_polar
 
 __all__ = ["task_arithmetic", "ties_merge", "norm_corrected_average", "decouple_orthogonal", "orthomerge",
            "merge_models", "MERGE_METHODS", "RESIDUAL_MERGES", "MAGNITUDES", "DIRECTION_WEIGHTS"]
@@ -67,6 +67,9 @@ _ROTATION_FITS = ("expert", "conflicts")
 def _tensors(base: Any, experts: Any, name: str = "experts") -> tuple[torch.Tensor, list[torch.Tensor]]:
     b = as_float_tensor(base, "base", allow_half=True)
     if isinstance(experts, torch.Tensor):
+        if experts.ndim == 0 or experts.shape[1:] != b.shape:
+            raise ValueError(f"experts given as one tensor must stack them along dim 0, shape (T, *base.shape) = "
+                             f"{('T',) + tuple(b.shape)}, got {tuple(experts.shape)}".replace("'T'", "T"))
         experts = list(experts)
     if not isinstance(experts, Sequence) or isinstance(experts, (str, bytes)) or len(experts) == 0:
         raise ValueError(f"{name} must be a non-empty sequence of tensors")
@@ -83,6 +86,22 @@ def _scale(scale: Any, T: int) -> float:
     return 1.0 / T if scale is None else check_nonnegative(scale, "scale")
 
 
+def _density(density: Any) -> float:
+    d = check_nonnegative(density, "density")
+    if not 0 < d <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    return d
+
+
+def _finite(merged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``merged`` (float64) in ``dtype``, or a one-line error when it does not fit (an overflow, never silent inf)."""
+    out = merged.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"the merged tensor overflows {str(dtype).replace('torch.', '')} (entries up to "
+                         f"{float(merged.abs().max()):.3g}); lower scale or merge in float64")
+    return out
+
+
 def task_arithmetic(base: Any, experts: Any, *, scale: float | None = None) -> torch.Tensor:
     r"""Task arithmetic :math:`W_0 + \lambda\sum_i (W_i - W_0)` (Ilharco et al. 2023).
 
@@ -91,7 +110,8 @@ def task_arithmetic(base: Any, experts: Any, *, scale: float | None = None) -> t
         experts: a non-empty sequence of tensors of the same shape (or a stacked tensor).
         scale: λ ≥ 0; default :math:`1/T`, the average of the experts (identical experts are returned unchanged).
 
-    Returns the merged tensor in ``base``'s dtype (sums in float64).
+    Returns the merged tensor in ``base``'s dtype (sums in float64); a :class:`ValueError` when it overflows that
+    dtype (never a silent ``inf``).
 
     Example:
         >>> task_arithmetic(torch.zeros(2), [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])]).tolist()
@@ -101,7 +121,7 @@ def task_arithmetic(base: Any, experts: Any, *, scale: float | None = None) -> t
     lam = _scale(scale, len(ex))
     b64 = b.double()
     total = sum(e.double() - b64 for e in ex)
-    return (b64 + lam * total).to(b.dtype)
+    return _finite(b64 + lam * total, b.dtype)
 
 
 def ties_merge(base: Any, experts: Any, *, density: float = 0.2, scale: float = 1.0) -> torch.Tensor:
@@ -114,15 +134,15 @@ def ties_merge(base: Any, experts: Any, *, density: float = 0.2, scale: float = 
             all kept), in (0, 1]; the paper's default is 0.2. With 1 nothing is trimmed.
         scale: λ ≥ 0 applied to the merged task vector (default 1).
 
+    Returns the merged tensor in ``base``'s dtype; a :class:`ValueError` when it overflows that dtype.
+
     Example:
         >>> ties_merge(torch.zeros(3), [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 1.0, -0.5])],
         ...            density=1.0).tolist()
         [2.0, -2.0, 0.0]
     """
     b, ex = _tensors(base, experts)
-    d = check_nonnegative(density, "density")
-    if not 0 < d <= 1:
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    d = _density(density)
     lam = check_nonnegative(scale, "scale")
     b64 = b.double()
     taus = torch.stack([e.double() - b64 for e in ex])                  # (T, ...)
@@ -138,7 +158,7 @@ def ties_merge(base: Any, experts: Any, *, density: float = 0.2, scale: float = 
     agree = (torch.sign(flat) == sign) & (flat != 0)
     count = agree.sum(0)
     merged = torch.where(agree, flat, torch.zeros_like(flat)).sum(0) / count.clamp_min(1)
-    return (b64 + lam * merged.reshape(b.shape)).to(b.dtype)
+    return _finite(b64 + lam * merged.reshape(b.shape), b.dtype)
 
 
 def norm_corrected_average(generators: Any, *, magnitude: str = "mean", direction_weight: str = "norm") -> torch.Tensor:
@@ -161,7 +181,7 @@ def norm_corrected_average(generators: Any, *, magnitude: str = "mean", directio
     check_choice(direction_weight, "direction_weight", DIRECTION_WEIGHTS)
     if isinstance(generators, torch.Tensor):
         generators = list(generators)
-    if not isinstance(generators, Sequence) or len(generators) == 0:
+    if not isinstance(generators, Sequence) or isinstance(generators, (str, bytes)) or len(generators) == 0:
         raise ValueError("generators must be a non-empty sequence of tensors")
     ts = [as_float_tensor(g, f"generators[{i}]") for i, g in enumerate(generators)]
     for i, t in enumerate(ts[1:], 1):
@@ -211,9 +231,9 @@ def _kabsch_nearest_identity(M: torch.Tensor) -> torch.Tensor:
     tol = d * torch.finfo(torch.float64).eps * float(sv[0]) if d else 0.0
     r = int((sv > tol).sum())
     if r >= d - 1:   # unique up to the determinant fix of the smallest direction (or a one-dimensional null space)
-        return special_polar(M, 1.0)
+        return _special_polar(M, 1.0)
     v = vh.mT
-    Q = special_polar(u[:, r:].mT @ v[:, r:], torch.linalg.det(u).sign() * torch.linalg.det(v).sign())
+    Q = _special_polar(u[:, r:].mT @ v[:, r:], torch.linalg.det(u).sign() * torch.linalg.det(v).sign())
     return u[:, :r] @ v[:, :r].mT + u[:, r:] @ Q @ v[:, r:].mT
 
 
@@ -247,6 +267,8 @@ def decouple_orthogonal(base: Any, expert: Any, *, side: str = "input", target: 
     if W.shape != W0.shape:
         raise ValueError(f"expert has shape {tuple(W.shape)} but base has {tuple(W0.shape)}")
     T = W if target is None else as_float_tensor(target, "target", ndim=2).double().to(W0.device)
+    if T.shape != W0.shape:
+        raise ValueError(f"target has shape {tuple(T.shape)} but base has {tuple(W0.shape)}")
     if side == "input":
         R = _kabsch_nearest_identity(W0.mT @ T)
         return R, W - W0 @ R
@@ -265,7 +287,7 @@ def orthomerge(base: Any, experts: Any, *, magnitude: str = "mean", direction_we
         magnitude, direction_weight: of the norm-corrected average (:func:`norm_corrected_average`).
         residual: how the residuals :math:`W_i - W_0R_i` are merged: ``"task_arithmetic"`` or ``"ties"``.
         scale: the residual scale λ (default :math:`1/T` for task arithmetic, 1 for TIES).
-        density: TIES's kept fraction (only with ``residual="ties"``).
+        density: TIES's kept fraction (used only with ``residual="ties"``, checked to lie in (0, 1] always).
         side: ``"input"`` (:math:`W_0R`, ``R`` ``in x in``; the reference code) or ``"output"`` (:math:`RW_0`).
         rotation_fit: ``"expert"`` (fit :math:`R_i` to the expert) or ``"conflicts"`` (to the base plus the rows of
             :math:`\tau_i` whose cosine with the mean task vector is negative: the reference code's "C" variant).
@@ -274,7 +296,8 @@ def orthomerge(base: Any, experts: Any, *, magnitude: str = "mean", direction_we
     (with the default ``scale``, or TIES at ``density=1``).
 
     Raises:
-        ValueError: an expert's rotation has an angle near π (outside the Cayley chart), or bad options.
+        ValueError: an expert's rotation has an angle near π (outside the Cayley chart), bad options, or a result that
+            overflows ``base``'s dtype.
 
     Example:
         >>> W0 = torch.eye(3, dtype=torch.float64)
@@ -287,6 +310,7 @@ def orthomerge(base: Any, experts: Any, *, magnitude: str = "mean", direction_we
     check_choice(residual, "residual", RESIDUAL_MERGES)
     check_choice(side, "side", _SIDES)
     check_choice(rotation_fit, "rotation_fit", _ROTATION_FITS)
+    _density(density)                                   # checked even when unused (residual="task_arithmetic")
     b, ex = _tensors(base, experts)
     if b.ndim != 2:
         raise ValueError(f"base must be a 2-d (out x in) weight, got shape {tuple(b.shape)}")
@@ -310,15 +334,30 @@ def orthomerge(base: Any, experts: Any, *, magnitude: str = "mean", direction_we
         merged_res = task_arithmetic(zero, residuals, scale=scale)
     else:
         merged_res = ties_merge(zero, residuals, density=density, scale=1.0 if scale is None else scale)
-    return (rotated + merged_res).to(b.dtype)
+    return _finite(rotated + merged_res, b.dtype)
 
 
 def _state(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
         return obj
     raise TypeError(f"{name} must be an nn.Module or a state_dict, got {type(obj).__name__}")
+
+
+def _check_entries(base_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Every floating-point entry of the base has a finite floating-point counterpart in ``state``."""
+    for key, value in base_state.items():
+        if not value.is_floating_point():
+            continue
+        other = state[key]
+        if not other.is_floating_point():
+            raise TypeError(f"{name}[{key!r}] must be floating-point like the base's, got {other.dtype}")
+        if not bool(torch.isfinite(other).all()):
+            raise ValueError(f"{name}[{key!r}] contains NaN or Inf values")
 
 
 def merge_models(base: nn.Module, experts: Sequence[Any], method: str = "orthomerge", **options: Any) -> nn.Module:
@@ -326,7 +365,9 @@ def merge_models(base: nn.Module, experts: Sequence[Any], method: str = "orthome
 
     Args:
         base: the pre-trained :class:`torch.nn.Module`.
-        experts: modules (or state_dicts) with exactly the keys and shapes of ``base.state_dict()``.
+        experts: modules (or state_dicts) with exactly the keys and shapes of ``base.state_dict()``, with finite
+            floating-point values wherever the base's entry is floating-point (else a one-line error naming the
+            expert and the key).
         method: one of :data:`MERGE_METHODS`:
 
             - ``"orthomerge"``: every ``nn.Linear`` weight by :func:`orthomerge`; every other floating-point entry
@@ -365,6 +406,9 @@ def merge_models(base: nn.Module, experts: Sequence[Any], method: str = "orthome
     states = [_state(e, f"experts[{i}]") for i, e in enumerate(experts)]
     for i, st in enumerate(states):
         check_same_layout(base_state, st, ("base", f"experts[{i}]"))
+    _check_entries(base_state, base_state, "base")
+    for i, st in enumerate(states):
+        _check_entries(base_state, st, f"experts[{i}]")
     linear_weights = {f"{name}.weight" if name else "weight" for name, m in base.named_modules()
                       if isinstance(m, nn.Linear)}
     if method == "orthomerge":

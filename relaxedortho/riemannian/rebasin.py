@@ -27,6 +27,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,7 +106,9 @@ def _params(m: nn.Module) -> list[torch.Tensor]:
 
 def permute_hidden_units(model: nn.Module, permutations: Sequence[Any]) -> nn.Module:
     r"""A copy of the MLP ``model`` with hidden layer :math:`\ell`'s units reordered by ``permutations[l]``: unit
-    ``i`` of the copy is unit ``permutations[l][i]`` of ``model``.
+    ``i`` of the copy is unit ``permutations[l][i]`` of ``model``. ``permutations`` is a list with one integer index
+    tensor (or list, or NumPy array) per hidden layer; float or boolean indices are refused (:class:`TypeError`)
+    rather than truncated.
 
     Rows of the layer's weight and bias, the per-unit parameters and buffers of LayerNorm/BatchNorm1d between the
     layers, and the columns of the next layer's weight are permuted together, so the copy computes the same function
@@ -120,6 +123,9 @@ def permute_hidden_units(model: nn.Module, permutations: Sequence[Any]) -> nn.Mo
         True
     """
     linears, between = _structure(model, "model")
+    if isinstance(permutations, (torch.Tensor, np.ndarray, str, bytes)) or not isinstance(permutations, Sequence):
+        raise TypeError(f"permutations must be a list of index tensors, one per hidden layer ({len(between)}), got "
+                        f"{type(permutations).__name__}")
     if len(permutations) != len(between):
         raise ValueError(f"permutations must hold one index tensor per hidden layer ({len(between)}), "
                          f"got {len(permutations)}")
@@ -128,9 +134,10 @@ def permute_hidden_units(model: nn.Module, permutations: Sequence[Any]) -> nn.Mo
     with torch.no_grad():
         for l, perm in enumerate(permutations):
             width = linears[l].out_features
-            p = torch.as_tensor(perm, dtype=torch.long, device=linears[l].weight.device)
+            p = _indices(perm, f"permutations[{l}]").to(linears[l].weight.device)
             if p.shape != (width,) or not torch.equal(torch.sort(p).values, torch.arange(width, device=p.device)):
-                raise ValueError(f"permutations[{l}] must be a permutation of range({width}), got {perm!r}")
+                shown = p.tolist() if p.numel() <= 16 else f"a tensor of shape {tuple(p.shape)}"
+                raise ValueError(f"permutations[{l}] must be a permutation of range({width}), got {shown}")
             # all in place on the copy, so that layer l + 1 keeps the column permutation made for layer l
             lin, nxt = out_linears[l], out_linears[l + 1]
             lin.weight.copy_(lin.weight[p])
@@ -146,12 +153,56 @@ def permute_hidden_units(model: nn.Module, permutations: Sequence[Any]) -> nn.Mo
     return out
 
 
+def _indices(perm: Any, name: str) -> torch.Tensor:
+    """``perm`` as a long tensor; integer data only (a float or boolean index would be silently truncated)."""
+    if isinstance(perm, torch.Tensor):
+        t = perm
+    elif isinstance(perm, (np.ndarray, list, tuple, range)):
+        arr = np.asarray(perm)
+        if arr.dtype.kind not in "iu" and arr.size:
+            raise TypeError(f"{name} must hold integer indices, got NumPy dtype {arr.dtype}")
+        t = torch.as_tensor(arr.astype(np.int64))
+    else:
+        raise TypeError(f"{name} must be a tensor or list of integer indices, got {type(perm).__name__}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer indices, got {t.dtype}")
+    return t.long()
+
+
 def _unit_features(lin: nn.Linear, mods: list[nn.Module]) -> list[torch.Tensor]:
     """Per-unit vectors besides the weight rows: the bias and per-unit parameters (float64)."""
     vecs = [] if lin.bias is None else [lin.bias.detach().double()]
     for m in mods:
         vecs.extend(p.detach().double() for p in _params(m))
     return vecs
+
+
+def _describe(m: nn.Module) -> str:
+    """A per-unit module as weight matching sees it: its type and which of weight/bias it has."""
+    params = [n for n in ("weight", "bias") if getattr(m, n, None) is not None]
+    return f"{type(m).__name__}({', '.join(params) or 'no parameters'})"
+
+
+def _same_architecture(lin_a: list[nn.Linear], between_a: list[list[nn.Module]], lin_b: list[nn.Linear],
+                       between_b: list[list[nn.Module]]) -> None:
+    """Raise a one-line :class:`ValueError` at the first difference weight matching would stumble on: the number
+    and weight shapes of the linear layers, which of them have a bias, and the per-unit modules between them."""
+    def fail(what: str) -> None:
+        raise ValueError(f"model_a and model_b must have the same architecture: {what}")
+
+    if len(lin_a) != len(lin_b):
+        fail(f"{len(lin_a)} linear layers in model_a vs {len(lin_b)} in model_b")
+    for l, (a, b) in enumerate(zip(lin_a, lin_b)):
+        if a.weight.shape != b.weight.shape:
+            fail(f"linear layer {l} has weight shape {tuple(a.weight.shape)} in model_a vs {tuple(b.weight.shape)} "
+                 "in model_b")
+        if (a.bias is None) != (b.bias is None):
+            fail(f"linear layer {l} has a bias only in {'model_a' if b.bias is None else 'model_b'}")
+    for l, (ma, mb) in enumerate(zip(between_a, between_b)):
+        da, db = [_describe(m) for m in ma], [_describe(m) for m in mb]
+        if da != db:
+            fail(f"the per-unit modules after linear layer {l} are {', '.join(da) or 'none'} in model_a vs "
+                 f"{', '.join(db) or 'none'} in model_b")
 
 
 def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_sweeps: int = 100, seed: int = 0
@@ -161,9 +212,12 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_sweeps: int =
 
     Args:
         model_a, model_b: MLPs (:class:`torch.nn.Sequential`, possibly nested) of the same architecture: linear
-            layers with unit-wise modules (:data:`UNITWISE_MODULES`, LayerNorm, BatchNorm1d) between them.
+            layers with unit-wise modules (:data:`UNITWISE_MODULES`, LayerNorm, BatchNorm1d) between them. The same
+            linear weight shapes, biases on the same layers and the same per-unit modules with the same affine
+            parameters are required (else a :class:`ValueError` names the first difference: matching a bias or a
+            LayerNorm weight against nothing would silently drop it from the objective); finite parameters.
         max_sweeps: cap on the coordinate-descent sweeps over the layers.
-        seed: seeds the random layer order of each sweep.
+        seed: an integer; seeds the random layer order of each sweep.
 
     Returns:
         A :class:`WeightMatching`: the permuted copy of B (the same function as B), the permutations, the number
@@ -180,13 +234,15 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_sweeps: int =
     """
     if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, int) or max_sweeps < 1:
         raise ValueError(f"max_sweeps must be a positive integer, got {max_sweeps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
     lin_a, between_a = _structure(model_a, "model_a")
     lin_b, between_b = _structure(model_b, "model_b")
-    shapes_a = [tuple(l.weight.shape) for l in lin_a]
-    shapes_b = [tuple(l.weight.shape) for l in lin_b]
-    if shapes_a != shapes_b or [len(m) for m in between_a] != [len(m) for m in between_b]:
-        raise ValueError(f"model_a and model_b must have the same architecture; linear weight shapes {shapes_a} vs "
-                         f"{shapes_b}")
+    _same_architecture(lin_a, between_a, lin_b, between_b)
+    for name, model in (("model_a", model_a), ("model_b", model_b)):
+        for key, value in model.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} has NaN or Inf values in {key}")
     from ..closed_form.permutation import linear_assignment
 
     Wa = [l.weight.detach().double() for l in lin_a]

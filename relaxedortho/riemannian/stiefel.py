@@ -42,9 +42,9 @@ from typing import Any
 
 import torch
 
-from .._checks import as_float_tensor
-from .geodesics import _check_skew, _expm64, _skew_log64
-from .group import check_orthogonal, determinant_sign, special_polar
+from .._checks import as_float_tensor, check_bool, check_positive
+from .geodesics import _batch_shape, _check_skew, _check_times, _expm64, _skew_log64
+from .group import _det_sign, _special_polar, check_orthogonal
 
 __all__ = ["stiefel_exp", "stiefel_log", "stiefel_geodesic", "STIEFEL_METRICS"]
 
@@ -94,8 +94,9 @@ def stiefel_exp(U: Any, Delta: Any, *, metric: str = "canonical") -> torch.Tenso
     Delta = as_float_tensor(Delta, "Delta")
     if Delta.shape[-2:] != U.shape[-2:]:
         raise ValueError(f"Delta must have the shape of U's matrices {tuple(U.shape[-2:])}, got {tuple(Delta.shape)}")
+    _batch_shape(U, Delta, ("U", "Delta"))
     dtype = torch.promote_types(U.dtype, Delta.dtype)
-    u, d = U.double(), Delta.double()
+    u, d = U.double(), Delta.double().to(U.device)
     u, d = torch.broadcast_tensors(u, d)
     A = _check_tangent(u, d, dtype)
     return _exp64(u, d, A, 1.0, metric).to(dtype)
@@ -160,14 +161,13 @@ def stiefel_log(U0: Any, U1: Any, *, tol: float | None = None, max_iter: int = 2
         raise ValueError(f"U0 and U1 must have the same shape, got {tuple(U0.shape)} and {tuple(U1.shape)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    return_info = check_bool(return_info, "return_info")
     dtype = torch.promote_types(U0.dtype, U1.dtype)
     n, p = U0.shape
-    tol = 100.0 * math.sqrt(p) * torch.finfo(dtype).eps if tol is None else float(tol)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    u0, u1 = U0.double(), U1.double()
+    tol = 100.0 * math.sqrt(p) * torch.finfo(dtype).eps if tol is None else check_positive(tol, "tol")
+    u0, u1 = U0.double(), U1.double().to(U0.device)
     if n == p:
-        if float(determinant_sign(u0)) != float(determinant_sign(u1)):
+        if float(_det_sign(u0)) != float(_det_sign(u1)):
             raise ValueError("U0 and U1 are square with determinants of opposite sign: they lie in different "
                              "components of O(n) and no geodesic joins them")
         X = _skew_log64(u0.mT @ u1, dtype, "U0^T U1")
@@ -183,7 +183,7 @@ def stiefel_log(U0: Any, U1: Any, *, tol: float | None = None, max_iter: int = 2
     V = torch.cat([first, W], dim=-1)
     # Procrustes preprocessing (Zimmermann 2017, Sect. 3): rotate the completion so that its lower block is closest
     # to I, keeping det V = +1 (the logarithm needs a rotation).
-    Phi = special_polar(W[p:, :].mT, determinant_sign(V))
+    Phi = _special_polar(W[p:, :].mT, _det_sign(V))
     V = torch.cat([first, W @ Phi], dim=-1)
     iterations, residual = 0, math.inf
     try:
@@ -206,12 +206,12 @@ def stiefel_log(U0: Any, U1: Any, *, tol: float | None = None, max_iter: int = 2
     return (out, info) if return_info else out
 
 
-def stiefel_geodesic(U0: Any, U1: Any, t: Any, **log_options: Any) -> torch.Tensor:
+def stiefel_geodesic(U0: Any, U1: Any, t: Any, *, tol: float | None = None, max_iter: int = 200) -> torch.Tensor:
     r"""Points at time ``t`` on the canonical-metric geodesic from ``U0`` (t = 0) to ``U1`` (t = 1):
     :math:`\exp_{U_0}(t\log_{U_0}U_1)` (:func:`stiefel_log`, :func:`stiefel_exp`).
 
-    ``t`` is a number (result ``n x p``) or a 1-d tensor of times (result ``(T, n, p)``). ``log_options`` go to
-    :func:`stiefel_log` (``tol``, ``max_iter``).
+    ``t`` is a finite number (result ``n x p``) or a 1-d tensor of finite times (result ``(T, n, p)``). ``tol`` and
+    ``max_iter`` go to :func:`stiefel_log`.
 
     Example:
         >>> U0 = torch.eye(3, 1, dtype=torch.float64)
@@ -220,14 +220,11 @@ def stiefel_geodesic(U0: Any, U1: Any, t: Any, **log_options: Any) -> torch.Tens
         >>> bool(torch.allclose(g, torch.tensor([2 ** -0.5, 2 ** -0.5, 0.0], dtype=torch.float64)))
         True
     """
-    Delta = stiefel_log(U0, U1, **log_options)
-    u0 = torch.as_tensor(U0).double()
+    U0 = check_orthogonal(U0, "U0", square=False)
+    tt = _check_times(t, U0.device)
+    Delta = stiefel_log(U0, U1, tol=tol, max_iter=max_iter)
+    u0 = U0.double()
     d = Delta.double()
-    tt = torch.as_tensor(t, dtype=torch.float64, device=u0.device)
-    if tt.ndim > 1:
-        raise ValueError(f"t must be a number or a 1-d tensor of times, got shape {tuple(tt.shape)}")
-    if not bool(torch.isfinite(tt).all()):
-        raise ValueError("t contains NaN or Inf values")
     A = 0.5 * (u0.mT @ d - (u0.mT @ d).mT)
     out = _exp64(u0, d, A, tt, "canonical")
     return out.to(Delta.dtype)
