@@ -154,7 +154,8 @@ def fit_slerp(support_new: Any, support_old: Any, labels: Any = None, *, alpha: 
         >>> g = torch.Generator().manual_seed(0)
         >>> old = torch.randn(60, 4, generator=g); new = old @ torch.linalg.qr(torch.randn(4, 4, generator=g))[0]
         >>> rule = fit_slerp(new, old, alpha=1.0)
-        >>> bool(torch.allclose(rule.query(old, new), torch.nn.functional.normalize(old.double(), dim=1)))
+        >>> q = rule.query(old, new)   # alpha = 1: the aligned new query, here the old one
+        >>> bool(torch.allclose(q, torch.nn.functional.normalize(old.double(), dim=1), atol=1e-6))
         True
     """
     from ..closed_form import fit_closed_form

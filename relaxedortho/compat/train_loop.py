@@ -77,8 +77,8 @@ def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensor
             idx = perm[start:start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(module, *(t[idx] for t in tensors))
-            if not torch.isfinite(loss):
-                raise ValueError(f"the loss became {float(loss)} at epoch {epoch + 1}, step {steps + 1}; lower lr "
+            if not torch.isfinite(loss.detach()):
+                raise ValueError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1}; lower lr "
                                  f"(now {lr:g})")
             loss.backward()
             opt.step()
