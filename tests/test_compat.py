@@ -337,6 +337,8 @@ def _check_report(rep):
         for k in ("top1_new_old", "map_new_old", "top1_new_new", "top5_new_old", "map_new_new"):
             assert isinstance(m[k], float) and 0.0 <= m[k] <= 1.0, (name, k, m[k])
         assert isinstance(m["compatible"], bool)
+        grp = m["top1_new_old_by_group"]
+        assert 0.0 <= grp["old_classes"] <= 1.0 and 0.0 <= grp["new_classes"] <= 1.0
         assert m["compatible"] == (m["top1_new_old"] > rep["baselines"]["old_old"]["top1"]
                                    and m["map_new_old"] > rep["baselines"]["old_old"]["map"])
     bf = rep["backfilling"]
@@ -345,6 +347,12 @@ def _check_report(rep):
     assert bf["fastfill_uncertainty"]["values"][0] == pytest.approx(rep["methods"]["fastfill"]["top1_new_old"])
     assert bf["fastfill_uncertainty"]["values"][-1] == pytest.approx(rep["baselines"]["new_new"]["top1"])
     assert sorted(rep["ranking"]) == sorted(rep["methods"])
+    # top-1 over all queries is the query-weighted mean of the two class groups
+    n_old_q, n_q = rep["n_query_old_classes"], rep["n_query"]
+    for m in list(rep["methods"].values()) + [rep["baselines"]["old_old"]]:
+        grp = m.get("top1_new_old_by_group") or m["top1_by_group"]
+        top1 = m.get("top1_new_old", m.get("top1"))
+        assert top1 == pytest.approx((n_old_q * grp["old_classes"] + (n_q - n_old_q) * grp["new_classes"]) / n_q)
 
 
 def test_compat_bench_report(tmp_path):

@@ -68,6 +68,7 @@ def _row(ext: ClassExtension, baselines: dict, q_to_old, g_old, q_self, g_self, 
            "compatible_top1": to_old["top1"] > baselines["old_old"]["top1"],
            "compatible_map": to_old["map"] > baselines["old_old"]["map"], "seconds": round(seconds, 2), **extra}
     row["compatible"] = bool(row["compatible_top1"] and row["compatible_map"])
+    row["top1_new_old_by_group"] = ext.top1_by_group(q_to_old, g_old)
     return row
 
 
@@ -254,6 +255,7 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
         ext = build_protocol(cfg, seed=seed, data_dir=data_dir, device=dev, progress=progress)
         baselines = {"old_old": ext.retrieval(ext.query_old, ext.gallery_old),
                      "new_new": ext.retrieval(ext.query_new, ext.gallery_new)}
+        baselines["old_old"]["top1_by_group"] = ext.top1_by_group(ext.query_old, ext.gallery_old)
         log("baselines: old/old top-1 {:.3f}, new/new top-1 {:.3f}".format(baselines["old_old"]["top1"],
                                                                           baselines["new_new"]["top1"]))
         methods: dict = {}
@@ -273,6 +275,7 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
                     "frozen except in the methods that train a new model; cosine retrieval, queries and gallery "
                     "from held-out images".format(list(ext.old_classes), list(ext.classes)),
         "n_train": int(ext.train.numel()), "n_query": int(ext.query.numel()), "n_gallery": int(ext.gallery.numel()),
+        "n_query_old_classes": int(np.isin(ext.query_labels, ext.old_classes).sum()),
         "old_width": cfg.old_width, "new_width": cfg.new_width,
         "baselines": baselines, "methods": methods, "backfilling": backfill, "ranking": ranking,
         "compatibility_criterion": "new->old beats old/old on CMC top-1 and on mAP (Shen et al. 2020)",
@@ -336,17 +339,21 @@ def format_table(report: dict) -> str:
     lines = [f"Compatible-learning methods — {report['dataset']}, seed {report['seed']}: {report['n_query']} queries, "
              f"{report['n_gallery']} gallery images, old width {report['old_width']}, new width "
              f"{report['new_width']} (cosine; CMC top-1, top-5, mAP)", ""]
-    head = f"{'':<12}{'new->old':>8}{'':>14}   {'new/new':>7}{'':>14}  compatible"
-    sub = f"{'method':<12}{'top-1':>8}{'top-5':>7}{'mAP':>7}   {'top-1':>7}{'top-5':>7}{'mAP':>7}"
+    head = f"{'':<12}{'new->old':>8}{'':>14}   {'new/new':>7}{'':>14}  {'compatible':<11}{'new->old top-1':>14}"
+    sub = (f"{'method':<12}{'top-1':>8}{'top-5':>7}{'mAP':>7}   {'top-1':>7}{'top-5':>7}{'mAP':>7}  {'':<11}"
+           f"{'old cls':>7}{'new cls':>8}")
     lines += [head, sub, "-" * (len(sub) + 12)]
+    grp = b["old_old"].get("top1_by_group", {})
     lines.append(f"{'old/old':<12}{_f(b['old_old']['top1']):>8}{_f(b['old_old']['top5']):>7}"
-                 f"{_f(b['old_old']['map']):>7}")
+                 f"{_f(b['old_old']['map']):>7}   {'':>21}  {'':<11}{_f(grp.get('old_classes')):>7}"
+                 f"{_f(grp.get('new_classes')):>8}")
     lines.append(f"{'new/new':<12}{'':>8}{'':>7}{'':>7}   {_f(b['new_new']['top1']):>7}"
                  f"{_f(b['new_new']['top5']):>7}{_f(b['new_new']['map']):>7}")
     for name, r in report["methods"].items():
         lines.append(f"{name:<12}{_f(r['top1_new_old']):>8}{_f(r['top5_new_old']):>7}{_f(r['map_new_old']):>7}   "
                      f"{_f(r['top1_new_new']):>7}{_f(r['top5_new_new']):>7}{_f(r['map_new_new']):>7}  "
-                     f"{'yes' if r['compatible'] else 'no'}")
+                     f"{'yes' if r['compatible'] else 'no':<11}{_f(r['top1_new_old_by_group']['old_classes']):>7}"
+                     f"{_f(r['top1_new_old_by_group']['new_classes']):>8}")
     bf = report.get("backfilling") or {}
     if bf:
         lines.append("")
@@ -355,5 +362,6 @@ def format_table(report: dict) -> str:
                                                  "fct_random", "fct_distance") if k in bf))
     lines.append("")
     lines.append("ranking by new->old top-1: " + " > ".join(report["ranking"]))
-    lines.append("compatible: new->old beats old/old on CMC top-1 and mAP (Shen et al. 2020).")
+    lines.append("compatible: new->old beats old/old on CMC top-1 and mAP (Shen et al. 2020). old cls / new cls: "
+                 "top-1 of the queries of the old / the new classes.")
     return "\n".join(lines)

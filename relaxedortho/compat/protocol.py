@@ -210,6 +210,19 @@ class ClassExtension:
         return {"top1": float(acc[1]), "top5": float(acc[5]),
                 "map": float(mean_average_precision(query, gallery, ql, gl))}
 
+    def top1_by_group(self, query: torch.Tensor, gallery: torch.Tensor) -> dict:
+        """CMC top-1 of the queries of the old classes and of the new classes separately (whole gallery):
+        ``{"old_classes": ..., "new_classes": ...}``."""
+        from ..metrics import cmc
+
+        ql, gl = self.query_labels, self.gallery_labels
+        old = np.isin(ql, self.old_classes)
+        out = {}
+        for name, mask in (("old_classes", old), ("new_classes", ~old)):
+            idx = torch.from_numpy(np.nonzero(mask)[0]).to(query.device)
+            out[name] = float(cmc(query[idx], gallery, ql[mask], gl, topk=(1,))[1])
+        return out
+
 
 def _position_in(labels: torch.Tensor, subset: tuple, n: int) -> torch.Tensor:
     lut = torch.full((n,), -1, dtype=torch.int64, device=labels.device)
