@@ -303,17 +303,21 @@ def _plot(report: dict, path: str) -> None:
     ax, ax2 = fig.subplots(1, 2)
     markers = {"map (reference)": "s", "forward transformation": "^", "training-free query interpolation": "D",
                "new-model training": "o"}
-    for name, r in m.items():
-        ax.scatter(r["top1_new_old"], r["top1_new_new"], marker=markers.get(r["family"], "o"), s=40,
-                   label=f"{name} ({r['family']})")
-        ax.annotate(name, (r["top1_new_old"], r["top1_new_new"]), textcoords="offset points", xytext=(4, 3),
-                    fontsize=7)
+    seen = set()
+    for i, (name, r) in enumerate(m.items()):
+        fam = r["family"]
+        ax.scatter(r["top1_new_old"], r["top1_new_new"], marker=markers.get(fam, "o"), s=40,
+                   color=f"C{list(markers).index(fam) if fam in markers else 0}",
+                   label=None if fam in seen else fam)
+        seen.add(fam)
+        ax.annotate(name, (r["top1_new_old"], r["top1_new_new"]), textcoords="offset points",
+                    xytext=(4, 3 if i % 2 else -9), fontsize=7)   # alternate sides: close points stay legible
     ax.axvline(b["old_old"]["top1"], ls="--", color="gray", label="old/old (compatibility threshold)")
     ax.axhline(b["new_new"]["top1"], ls=":", color="black", label="new/new (independent new model)")
     ax.set_xlabel("new→old CMC top-1 (stability)")
     ax.set_ylabel("new/new CMC top-1 (plasticity)")
     ax.set_title(f"Stability–plasticity ({report['dataset']})")
-    ax.legend(fontsize=6, loc="lower left")
+    ax.legend(fontsize=6, loc="best")
     bf = report.get("backfilling") or {}
     if bf:
         fr = bf["fractions"]
