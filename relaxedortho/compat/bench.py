@@ -17,9 +17,12 @@ Methods (report names; "new→old" is the method's query searched in the gallery
 ``fastfill``    FastFill (same rows as FCT) and its backfilling curve
 ``slerp``       Procrustes + spherical interpolation of the query (:mod:`~relaxedortho.compat.slerp`); new/new the
                 new model's own (the model is unchanged)
-``bct``         a new model trained with BCT's influence loss (:mod:`~relaxedortho.compat.bct`), old width
+``bct``         a new model trained with BCT's influence loss (:mod:`~relaxedortho.compat.bct`), old width; the
+                old classifier extended by the old class centroids (BCT Sec. 3.3)
+``bct_centroids`` the same with the centroid classifier on normalised features, weight 10 (the BCT baseline of
+                the BT² code base; see the scale pitfall in :mod:`~relaxedortho.compat.bct`)
 ``oca``         a new model with OCA's orthogonal layer (:mod:`~relaxedortho.compat.oca`); new→old uses the first
-                :math:`d_\text{old}` coordinates, new/new all
+                :math:`d_\text{old}` coordinates, new/new all; its influence term uses the centroid classifier
 ``bt2``         a new model with BT²'s basis transformations (:mod:`~relaxedortho.compat.bt2`); new→old the
                 compatible part, new/new the whole embedding
 =============  =====================================================================================
@@ -48,7 +51,8 @@ PLOT_NAME = "compat_tradeoff.png"
 #: Report names of the methods, in the order they run, with their family.
 METHODS = {"procrustes": "map (reference)", "lambda": "map (reference)", "fct": "forward transformation",
            "fastfill": "forward transformation", "slerp": "training-free query interpolation",
-           "bct": "new-model training", "oca": "new-model training", "bt2": "new-model training"}
+           "bct": "new-model training", "bct_centroids": "new-model training", "oca": "new-model training",
+           "bt2": "new-model training"}
 
 
 class _Log:
@@ -163,7 +167,7 @@ def _slerp(ext, baselines, methods, log) -> None:
 
 def _trained(ext, cfg, baselines, methods, log, seed) -> None:
     from ..losses import influence_loss  # noqa: F401  (fail early if the losses are unavailable)
-    from .bct import bct_loss, class_means, synthesized_classifier
+    from .bct import bct_loss, centroid_classifier, class_means, synthesized_classifier
     from .bt2 import BT2Model, bt2_loss
     from .oca import OCAModel, oca_loss
     from .train_loop import train_module
@@ -174,6 +178,7 @@ def _trained(ext, cfg, baselines, methods, log, seed) -> None:
     head = ext.old_model.head
     W_ext = synthesized_classifier(head.weight.detach(), head.bias.detach(), ext.old_classes, raw_old, y, n_cls)
     protos = F.normalize(class_means(ext.train_old, y, n_cls), dim=1)
+    centroids = centroid_classifier(ext.train_old, y, n_cls)
     sched = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
     Q, G, Go = X[ext.query], X[ext.gallery], ext.gallery_old
 
@@ -187,11 +192,22 @@ def _trained(ext, cfg, baselines, methods, log, seed) -> None:
     log(f"bct: new->old top-1 {methods['bct']['top1_new_old']:.3f}, new/new {methods['bct']['top1_new_new']:.3f}")
 
     t = time.perf_counter()
+    torch.manual_seed(seed + 2500)
+    bctc = SmallCNN(side, cfg.new_channels, cfg.new_hidden, cfg.old_width, n_cls).to(ext.device)
+    train_module(bctc, lambda m, xb, yb: bct_loss(m(xb), F.normalize(m.features(xb), dim=1), yb, centroids,
+                                                  influence_weight=10.0),
+                 [X[tr], y], seed=seed + 2500, freeze=True, **sched)
+    qb, gb = bctc.embed(Q), bctc.embed(G)
+    methods["bct_centroids"] = _row(ext, baselines, qb, Go, qb, gb, time.perf_counter() - t, influence_weight=10.0)
+    log(f"bct_centroids: new->old top-1 {methods['bct_centroids']['top1_new_old']:.3f}, new/new "
+        f"{methods['bct_centroids']['top1_new_new']:.3f}")
+
+    t = time.perf_counter()
     torch.manual_seed(seed + 3000)
     oca = OCAModel(SmallCNN(side, cfg.new_channels, cfg.new_hidden, cfg.new_width, n_cls), cfg.old_width,
                    n_cls).to(ext.device)
-    train_module(oca, lambda m, xb, yb: oca_loss(m, xb, yb, W_ext, protos), [X[tr], y], seed=seed + 3000,
-                 freeze=True, **sched)
+    train_module(oca, lambda m, xb, yb: oca_loss(m, xb, yb, centroids, protos, normalize_head=True), [X[tr], y],
+                 seed=seed + 3000, freeze=True, **sched)
     methods["oca"] = _row(ext, baselines, oca.embed_compatible(Q), Go, oca.embed(Q), oca.embed(G),
                           time.perf_counter() - t, extra_dims=cfg.new_width - cfg.old_width,
                           orthogonality_error=oca.orthogonal.orthogonality_error())
@@ -343,18 +359,18 @@ def format_table(report: dict) -> str:
     lines = [f"Compatible-learning methods — {report['dataset']}, seed {report['seed']}: {report['n_query']} queries, "
              f"{report['n_gallery']} gallery images, old width {report['old_width']}, new width "
              f"{report['new_width']} (cosine; CMC top-1, top-5, mAP)", ""]
-    head = f"{'':<12}{'new->old':>8}{'':>14}   {'new/new':>7}{'':>14}  {'compatible':<11}{'new->old top-1':>14}"
-    sub = (f"{'method':<12}{'top-1':>8}{'top-5':>7}{'mAP':>7}   {'top-1':>7}{'top-5':>7}{'mAP':>7}  {'':<11}"
+    head = f"{'':<15}{'new->old':>8}{'':>14}   {'new/new':>7}{'':>14}  {'compatible':<11}{'new->old top-1':>14}"
+    sub = (f"{'method':<15}{'top-1':>8}{'top-5':>7}{'mAP':>7}   {'top-1':>7}{'top-5':>7}{'mAP':>7}  {'':<11}"
            f"{'old cls':>7}{'new cls':>8}")
-    lines += [head, sub, "-" * (len(sub) + 12)]
+    lines += [head, sub, "-" * len(sub)]
     grp = b["old_old"].get("top1_by_group", {})
-    lines.append(f"{'old/old':<12}{_f(b['old_old']['top1']):>8}{_f(b['old_old']['top5']):>7}"
+    lines.append(f"{'old/old':<15}{_f(b['old_old']['top1']):>8}{_f(b['old_old']['top5']):>7}"
                  f"{_f(b['old_old']['map']):>7}   {'':>21}  {'':<11}{_f(grp.get('old_classes')):>7}"
                  f"{_f(grp.get('new_classes')):>8}")
-    lines.append(f"{'new/new':<12}{'':>8}{'':>7}{'':>7}   {_f(b['new_new']['top1']):>7}"
+    lines.append(f"{'new/new':<15}{'':>8}{'':>7}{'':>7}   {_f(b['new_new']['top1']):>7}"
                  f"{_f(b['new_new']['top5']):>7}{_f(b['new_new']['map']):>7}")
     for name, r in report["methods"].items():
-        lines.append(f"{name:<12}{_f(r['top1_new_old']):>8}{_f(r['top5_new_old']):>7}{_f(r['map_new_old']):>7}   "
+        lines.append(f"{name:<15}{_f(r['top1_new_old']):>8}{_f(r['top5_new_old']):>7}{_f(r['map_new_old']):>7}   "
                      f"{_f(r['top1_new_new']):>7}{_f(r['top5_new_new']):>7}{_f(r['map_new_new']):>7}  "
                      f"{'yes' if r['compatible'] else 'no':<11}{_f(r['top1_new_old_by_group']['old_classes']):>7}"
                      f"{_f(r['top1_new_old_by_group']['new_classes']):>8}")

@@ -19,8 +19,10 @@ old class prototype :math:`p_y` (the normalised mean old embedding of class :mat
 geometry unchanged while the extra :math:`k` coordinates are free to hold what the old space cannot.
 
 Reading note: this module follows the paper's abstract and the structure stated in relaxedortho's issue 16
-(layer placement, the three losses); the paper's full text was not available to us, so loss weights (1, 1, 1)
-and the prototype definition are our choices. With a trainable linear classifier :math:`W_\text{new}T` has the
+(layer placement, the three losses); the paper's full text was not available to us, so loss weights (1, 1, 1),
+the prototype definition and the old classifier of the influence term are our choices (relaxedortho's benchmark
+uses :func:`~relaxedortho.compat.bct.centroid_classifier` on :math:`\hat z_{:d}`, ``normalize_head=True``, which
+avoids BCT's scale pitfall). With a trainable linear classifier :math:`W_\text{new}T` has the
 same expressive power as :math:`W_\text{new}` alone: :math:`T` changes the parametrisation the optimizer
 sees, not the set of classifiers.
 """
@@ -86,11 +88,15 @@ class OCAModel(nn.Module):
 
 
 def oca_loss(model: OCAModel, x: torch.Tensor, labels: torch.Tensor, old_classifier, prototypes: torch.Tensor, *,
-             influence_weight: float = 1.0, prototype_weight: float = 1.0) -> torch.Tensor:
+             influence_weight: float = 1.0, prototype_weight: float = 1.0,
+             normalize_head: bool = False) -> torch.Tensor:
     r""":math:`\mathcal L_\text{OCA}` on one mini-batch (module documentation).
 
     ``old_classifier``: the old classifier over all classes (module, weight, or ``(weight, bias)``);
-    ``prototypes``: ``(n_classes, old_dim)`` old class prototypes (normalised here).
+    ``prototypes``: ``(n_classes, old_dim)`` old class prototypes (normalised here); ``normalize_head``: feed
+    :math:`\hat z_{:d}` instead of :math:`z_{:d}` to the old classifier (for a cosine classifier such as
+    :func:`~relaxedortho.compat.bct.centroid_classifier`, which relaxedortho's benchmark uses: see the scale
+    pitfall in :mod:`relaxedortho.compat.bct`).
     """
     from ..losses import influence_loss
 
@@ -100,7 +106,8 @@ def oca_loss(model: OCAModel, x: torch.Tensor, labels: torch.Tensor, old_classif
     loss = F.cross_entropy(model.classifier(model.orthogonal(z)), labels)
     head = z[:, :model.old_dim]
     if influence_weight:
-        loss = loss + influence_weight * influence_loss(head, labels, old_classifier)
+        inp = F.normalize(head, dim=1) if normalize_head else head
+        loss = loss + influence_weight * influence_loss(inp, labels, old_classifier)
     if prototype_weight:
         cos = F.cosine_similarity(head, F.normalize(prototypes, dim=1)[labels], dim=1)
         loss = loss + prototype_weight * (1 - cos).mean()
