@@ -7,25 +7,25 @@ backfilling curves).
 
 Methods (report names; "new→old" is the method's query searched in the gallery embedded by the old model):
 
-=============  =====================================================================================
-``procrustes``  closed-form orthogonal backward map :math:`B` new → old (:func:`~relaxedortho.fit_closed_form`);
-                new→old :math:`B(\text{new})/\text{old}`, new/new :math:`B(\text{new})/B(\text{new})`
-``lambda``      λ-orthogonal :math:`B` with a forward map :math:`F` (:func:`~relaxedortho.fit_pair`, Ricci et al.
-                2025), started at Procrustes; same rows as ``procrustes``
-``fct``         FCT's transformation of the old gallery into the new space (:mod:`~relaxedortho.compat.fct`);
-                new→old new/:math:`h(\text{old})`, new/new the new model's own
-``fastfill``    FastFill (same rows as FCT) and its backfilling curve
-``slerp``       Procrustes + spherical interpolation of the query (:mod:`~relaxedortho.compat.slerp`); new/new the
-                new model's own (the model is unchanged)
-``bct``         a new model trained with BCT's influence loss (:mod:`~relaxedortho.compat.bct`), old width; the
-                old classifier extended by the old class centroids (BCT Sec. 3.3)
-``bct_centroids`` the same with the centroid classifier on normalised features, weight 10 (the BCT baseline of
-                the BT² code base; see the scale pitfall in :mod:`~relaxedortho.compat.bct`)
-``oca``         a new model with OCA's orthogonal layer (:mod:`~relaxedortho.compat.oca`); new→old uses the first
-                :math:`d_\text{old}` coordinates, new/new all; its influence term uses the centroid classifier
-``bt2``         a new model with BT²'s basis transformations (:mod:`~relaxedortho.compat.bt2`); new→old the
-                compatible part, new/new the whole embedding
-=============  =====================================================================================
+=================  =====================================================================================
+``procrustes``     closed-form orthogonal backward map :math:`B` new → old (:func:`~relaxedortho.fit_closed_form`);
+                    new→old :math:`B(\text{new})/\text{old}`, new/new :math:`B(\text{new})/B(\text{new})`
+``lambda``         λ-orthogonal :math:`B` with a forward map :math:`F` (:func:`~relaxedortho.fit_pair`, Ricci et al.
+                    2025), started at Procrustes; same rows as ``procrustes``
+``fct``            FCT's transformation of the old gallery into the new space (:mod:`~relaxedortho.compat.fct`);
+                    new→old new/:math:`h(\text{old})`, new/new the new model's own
+``fastfill``       FastFill (same rows as FCT) and its backfilling curve
+``slerp``          Procrustes + spherical interpolation of the query (:mod:`~relaxedortho.compat.slerp`); new/new the
+                    new model's own (the model is unchanged)
+``bct``            a new model trained with BCT's influence loss (:mod:`~relaxedortho.compat.bct`), old width; the
+                    old classifier extended by the old class centroids (BCT Sec. 3.3)
+``bct_centroids``  the same with the centroid classifier on normalised features, weight 10 (the BCT baseline of
+                    the BT² code base; see the scale pitfall in :mod:`~relaxedortho.compat.bct`)
+``oca``            a new model with OCA's orthogonal layer (:mod:`~relaxedortho.compat.oca`); new→old uses the first
+                    :math:`d_\text{old}` coordinates, new/new all; its influence term uses the centroid classifier
+``bt2``            a new model with BT²'s basis transformations (:mod:`~relaxedortho.compat.bt2`); new→old the
+                    compatible part, new/new the whole embedding
+=================  =====================================================================================
 
 A method is *compatible* when new→old beats old/old on CMC top-1 and on mAP (Shen et al. 2020).
 """
