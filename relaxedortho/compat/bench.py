@@ -237,7 +237,8 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
         dataset: ``"auto"`` (Fashion-MNIST when its files are found, else the bundled digits; digits with
             ``quick``), ``"digits"`` or ``"fashion-mnist"``.
         quick: the short schedules of :func:`~relaxedortho.compat.protocol.protocol_config`.
-        seed: seeds the split, every model and every map; same seed, same machine and device: same report.
+        seed: seeds the split, every model and every map (the digits report reproduced to the last digit across
+            processes on one machine; one Fashion-MNIST run did not, see the docs' compat page).
         data_dir: folder of the Fashion-MNIST files when not in the Debian package's place.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         progress: one line per stage on stderr.
