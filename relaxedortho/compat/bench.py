@@ -357,7 +357,8 @@ def _f(v) -> str:
 def format_table(report: dict) -> str:
     """The comparison as plain text: baselines, then one row per method, then the backfilling areas."""
     b = report["baselines"]
-    lines = [f"Compatible-learning methods — {report['dataset']}, seed {report['seed']}: {report['n_query']} queries, "
+    lines = [f"Compatible-learning methods — {report['dataset']}, seed {report['seed']}: {report['n_query']} "
+             f"queries, "
              f"{report['n_gallery']} gallery images, old width {report['old_width']}, new width "
              f"{report['new_width']} (cosine; CMC top-1, top-5, mAP)", ""]
     head = f"{'':<15}{'new->old':>8}{'':>14}   {'new/new':>7}{'':>14}  {'compatible':<11}{'new->old top-1':>14}"

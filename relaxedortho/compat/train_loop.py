@@ -78,8 +78,8 @@ def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensor
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(module, *(t[idx] for t in tensors))
             if not torch.isfinite(loss.detach()):
-                raise ValueError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1}; lower lr "
-                                 f"(now {lr:g})")
+                raise ValueError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1}; "
+                                 f"lower lr (now {lr:g})")
             loss.backward()
             opt.step()
             total += float(loss.detach())
