@@ -30,7 +30,8 @@ _EXPORTS = {
     **dict.fromkeys(["karcher_mean", "chordal_mean", "geodesic", "merge_models", "weight_matching"], ".riemannian"),
 }
 _SUBMODULES = ["linalg", "penalties", "losses", "metrics", "similarity", "serialization", "maps", "closed_form",
-               "training", "transfer", "riemannian", "compat", "data", "demo", "cli", "testing", "_checks", "_geoopt"]
+               "training", "transfer", "riemannian", "compat", "data", "demo", "cli", "testing",
+               "_checks", "_geoopt"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 

@@ -7,6 +7,8 @@ Subcommands (``relaxedortho SUBCOMMAND --help`` is the full manual of each):
 - ``eval``: retrieval and compatibility metrics of a saved map on query/gallery feature files.
 - ``sweep``: a λ sweep of λ-orthogonal maps, as JSON and a plot.
 - ``transfer-demo``: the cross-model task-vector transfer demo (:mod:`relaxedortho.transfer`, when installed).
+- ``compat-bench``: the compatible-learning methods of the field side by side on one protocol
+  (:mod:`relaxedortho.compat`).
 
 Bad input (missing or unreadable files, mismatched rows, wrong label counts, NaN/Inf, data too large for the
 dtype, an output place that cannot be written) and failed fits (a diverged or non-finite training loss, a
