@@ -1215,6 +1215,14 @@ row("cli:transfer-demo", lambda f: cli("transfer-demo", "--out", f.p("a_file/sub
     "cli-transfer-demo-unwritable")
 row("cli:transfer-demo", lambda f: cli("transfer-demo", "--seed", "-3"), CLIUsage, "--seed",
     "cli-transfer-demo-negative-seed")
+row("cli:compat-bench", lambda f: cli("compat-bench", "--quick", "--out", f.p("a_file/sub")), CLIFailed,
+    "cannot write", "cli-compat-bench-unwritable")
+row("cli:compat-bench", lambda f: cli("compat-bench", "--quick", "--seed", "-3"), CLIUsage, "--seed",
+    "cli-compat-bench-negative-seed")
+row("cli:compat-bench", lambda f: cli("compat-bench", "--dataset", "fashion-mnist", "--data-dir", f.p("nowhere"),
+                                      "--out", f.p("cb")), CLIFailed, "not found", "cli-compat-bench-no-fashion-mnist")
+row("cli:compat-bench", lambda f: cli("compat-bench", "--quick", "--device", "gpu", "--out", f.p("cb")), CLIFailed,
+    "unknown device", "cli-compat-bench-bad-device")
 
 
 # ----------------------------------------------------------------------------------------------- the test

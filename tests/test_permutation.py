@@ -92,7 +92,7 @@ def test_cross_score_follows_offsets_in_a_partial_matching_where_correlation_doe
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
-def test_extreme_scales_are_matched_in_float64_and_never_silently_wrong_in_float32(scale):
+def test_extreme_scales_are_matched_in_float64_and_float32(scale):
     g = torch.Generator().manual_seed(0)
     X = embeddings(300, 8, g)
     P = planted(8, 8, True, g)
@@ -102,8 +102,10 @@ def test_extreme_scales_are_matched_in_float64_and_never_silently_wrong_in_float
     m32 = fit_closed_form((X * scale).float(), (Y * scale).float(), kind="permutation", signed=True,
                           precision="float64")
     assert torch.equal(m32.weight.detach().double().T, P)
-    with pytest.raises(ValueError, match="precision='float64'"):   # float32 products of 1e±30 leave float32's range
-        fit_closed_form((X * scale).float(), (Y * scale).float(), kind="permutation", signed=True)
+    # float32 products of 1e±30 leave float32's range: the moments are accumulated scale-safely (power-of-two
+    # rescaling), so even the default precision matches the planted permutation
+    m32 = fit_closed_form((X * scale).float(), (Y * scale).float(), kind="permutation", signed=True)
+    assert torch.equal(m32.weight.detach().double().T, P)
 
 
 def test_permutation_options_are_validated():
