@@ -118,13 +118,16 @@ class Trainer:
             (the cheap start for every map) or ``"module"`` (the module's own weight). Which start was used, and
             its cost, is recorded as ``history.init``. Skipped when resuming from a checkpoint.
         tol: convergence tolerance on the relative decrease of the epoch's mean loss,
-            :math:`(\mathcal L_{e-1} - \mathcal L_e)/|\mathcal L_{e-1}|` (:math:`\mathcal L_{-1}` the initial
-            loss); a decrease within twice the standard error of the difference of the two epoch means (from the
-            step-to-step fluctuation of the loss) counts as none. Training stops (``history.stop_reason =
-            "converged"``) after ``tol_patience`` consecutive epochs whose decrease is below ``tol``; when it
-            runs out of epochs with the loss still falling by more than ``tol`` over the last epoch it warns
-            with :class:`~relaxedortho.ConvergenceWarning` and ``history.converged`` is ``False``. Default
-            1e-4; ``None`` turns the rule and the warning off (``converged`` is then ``None``).
+            :math:`r_e = (\mathcal L_{e-1} - \mathcal L_e)/|\mathcal L_{e-1}|` (recorded as
+            ``history.relative_change``; every epoch visits the same rows, so two epoch means differ by the change
+            of the map, not by the batches). :math:`\mathcal L_{-1}` is the initial loss, one batch: the first
+            epoch must also fall by more than twice one step's fluctuation. An epoch with :math:`r_e \le` ``tol``
+            (a rise included) is converged. Training stops (``history.stop_reason = "converged"``) after
+            ``tol_patience`` consecutive converged epochs. When it runs out of epochs with each of the last
+            ``tol_patience`` epochs still falling by more than ``tol``, it warns with
+            :class:`~relaxedortho.ConvergenceWarning` and ``history.converged`` is ``False`` (one fall after a
+            rise is the noise of a converged run, not a descent). Default 1e-4; ``None`` turns the rule and the
+            warning off (``converged`` is then ``None``).
         tol_patience: consecutive converged epochs before stopping (default 2).
         warmup: steps of linear learning-rate warm-up of the default optimizer (step k uses
             :math:`\mathrm{lr}\cdot\min(1, k/\text{warmup})`; default 100; 0 turns it off; a user's optimizer
@@ -500,7 +503,7 @@ class Trainer:
         fingerprint = self._fingerprint(n, world)
         self.optimizer = self._make_optimizer()
         warmup = self.warmup if self.optimizer_spec is None else 0
-        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        warm = 1.0  # the warm-up factor now applied to the groups' learning rates
         # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
         self._pending: tuple[list, list] = ([], [])
         # this epoch's sums of the flushed losses and regularizers (over processes), and of the squared
@@ -514,6 +517,7 @@ class Trainer:
             state = self._load(fingerprint)
             start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
             acc = [float(v) for v in state["acc"]] + _new_acc()[len(state["acc"]):]
+            warm = min(1.0, self.step / warmup) if warmup and self.step else 1.0  # in the loaded lrs
             early = state["early"]
         floor = self._loss_floor(arrays) if self.divergence_factor is not None else 0.0
         order_device = arrays[0].data.device if not arrays[0].memmap else torch.device("cpu")
@@ -541,9 +545,11 @@ class Trainer:
                     self.shard_scale = n_local * world / (hi - lo)
                     batch = [a.rows(index, device, self._dtype) for a in arrays]
                     self.optimizer.zero_grad(set_to_none=True)
-                    if self.step < warmup:  # the factor depends on the step alone: a resumed run repeats it
-                        for g, base in zip(self.optimizer.param_groups, base_lrs):
-                            g["lr"] = base * (self.step + 1) / warmup
+                    if self.step < warmup or warm != 1.0:  # rescales: an lr set by a callback is kept
+                        factor = min(1.0, (self.step + 1) / warmup)
+                        for g in self.optimizer.param_groups:
+                            g["lr"] = g["lr"] * (factor / warm)
+                        warm = factor
                     with self.precision.autocast():
                         loss = self.compute_loss(batch)
                     reg = self.regularizer()
@@ -623,15 +629,16 @@ class Trainer:
             h.stop_reason = "epochs"
         if self.tol is None or not h.loss:
             return
-        falling = _still_falling(h, len(h.loss) - 1, self.tol)
+        falling = _consistently_falling(h, self.tol, self.tol_patience)
         h.converged = not falling
         if falling and h.stop_reason == "epochs":
             lr = f" (now {self._lr:g})" if self.optimizer_spec is None else ""
+            before = h.loss[-2] if len(h.loss) > 1 else h.initial_loss
             warnings.warn(
-                f"training did not converge: the mean loss fell by {100 * h.relative_change[-1]:.3g}% over the last "
-                f"epoch ({h.loss[-2] if len(h.loss) > 1 else h.initial_loss:.6g} -> {h.loss[-1]:.6g}), more "
-                f"than tol={self.tol:g}; train more epochs, use a larger lr{lr}, or start from the data "
-                f"(init='auto'); pass tol=None to accept the result", ConvergenceWarning, stacklevel=4)
+                f"training did not converge: the mean loss fell by more than tol={self.tol:g} (relative) in each of "
+                f"the last {min(self.tol_patience, len(h.loss))} epoch(s), by {100 * h.relative_change[-1]:.3g}% in "
+                f"the last ({before:.6g} -> {h.loss[-1]:.6g}); train more epochs, use a larger lr{lr}, or start "
+                f"from the data (init='auto'); pass tol=None to accept the result", ConvergenceWarning, stacklevel=4)
 
     def _module_has_regularizer(self) -> bool:
         from ..maps.base import AlignmentMap
@@ -710,31 +717,28 @@ def _new_acc() -> list[float]:
     return [0.0, 0.0, 0.0, 0.0, math.nan]
 
 
-def _stderr(h: TrainHistory, epoch: int) -> float:
-    """Standard error of the mean loss of ``epoch``: one step's fluctuation over the root of the steps."""
-    return h.loss_step_std[epoch] / math.sqrt(max(h.steps_per_epoch, 1))
-
-
-def _previous(h: TrainHistory, epoch: int) -> tuple[float, float]:
-    """The loss before ``epoch`` and its standard error: the previous epoch's mean, or the initial loss (one
-    step, whose standard error is one step's fluctuation)."""
-    if epoch > 0:
-        return h.loss[epoch - 1], _stderr(h, epoch - 1)
-    start = h.initial_loss if h.initial_loss is not None else h.loss[0]
-    return start, h.loss_step_std[0]
-
-
 def _relative_decrease(h: TrainHistory, epoch: int) -> float:
-    prev, _ = _previous(h, epoch)
+    prev = h.loss[epoch - 1] if epoch > 0 else (h.initial_loss if h.initial_loss is not None else h.loss[0])
     return (prev - h.loss[epoch]) / abs(prev) if prev != 0 else 0.0
 
 
 def _still_falling(h: TrainHistory, epoch: int, tol: float) -> bool:
-    """Whether the mean loss of ``epoch`` fell by more than ``tol`` (relative) and by more than twice the standard
-    error of the difference of the two means."""
-    prev, prev_se = _previous(h, epoch)
-    decrease = prev - h.loss[epoch]
-    return decrease > tol * abs(prev) and decrease > 2.0 * math.hypot(prev_se, _stderr(h, epoch))
+    """Whether the mean loss of ``epoch`` fell by more than ``tol`` (relative) from the previous epoch's. Every
+    epoch visits the same rows, so two epoch means differ by the change of the map, not by the batches; the
+    first epoch is compared with the initial loss, one batch, and must fall by more than twice one step's
+    fluctuation too."""
+    if h.relative_change[epoch] <= tol:
+        return False
+    if epoch > 0 or h.initial_loss is None:
+        return True
+    return h.initial_loss - h.loss[0] > 2.0 * h.loss_step_std[0]
+
+
+def _consistently_falling(h: TrainHistory, tol: float, epochs: int) -> bool:
+    """Whether each of the last ``epochs`` epochs fell by more than ``tol``: the run ended while descending (one
+    epoch that fell by chance at the noise floor, after one that did not, does not count)."""
+    last = len(h.loss)
+    return all(_still_falling(h, e, tol) for e in range(max(0, last - epochs), last))
 
 
 def fit_alignment(module: nn.Module, source: Any, target: Any, *, epochs: int, batch_size: int,
