@@ -156,6 +156,8 @@ def initialize_map(module: nn.Module, source: Any, target: Any, *, init: str = "
     """
     from ..maps import AffineMap, LambdaOrthoLinear
 
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module (a map of the spectrum), got {type(module).__name__}")
     check_init(init)
     t0 = time.perf_counter()
     record: dict = {"init": "module"}
@@ -179,6 +181,10 @@ def initialize_map(module: nn.Module, source: Any, target: Any, *, init: str = "
                                 f"{RELAXED_START_MAX_ENTRIES}: the relaxed closed form would be slow")
     compressing_hard = bool(hard) and p > q and init == "auto"
     m = _moments(source, target, solve_with != "procrustes" or compressing_hard, chunk_size)
+    for have, want, name in ((m.in_features, p, "source"), (m.out_features, q, "target")):
+        if have != want:
+            side = "in_features" if name == "source" else "out_features"
+            raise ValueError(f"{name} has {have} features but the map has {side}={want}")
     if center and m.n < 2:
         raise ValueError("a data-driven start of a map with a bias needs at least 2 training rows; pass init='module'")
     if solve_with == "least_squares":

@@ -38,6 +38,8 @@ def default_lr(module: nn.Module) -> float:
         >>> round(default_lr(ro.LambdaOrthoLinear(384, 384)), 6)
         0.001021
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     widths = [max(m.in_features, m.out_features) for m in module.modules()
               if isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)]
     return DEFAULT_ANGLE / math.sqrt(max(widths)) if widths else FALLBACK_LR

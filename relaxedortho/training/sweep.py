@@ -145,6 +145,7 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
     from ..maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
 
     device = resolve_device(device)  # before any data is read
+    check_init(init)
     if isinstance(lams, (str, bytes)) or not hasattr(lams, "__iter__"):
         raise TypeError(f"lams must be a sequence of λ values, got {type(lams).__name__} {lams!r} (wrap one value in "
                         f"a list)")
@@ -180,7 +181,6 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
     if ends:
         specs.append(("affine", math.inf, lambda: AffineMap(p, q, bias=bias)))
 
-    check_init(init)
     table = SweepTable()
     previous = None  # the last trained λ map (warm start of the next λ)
     for kind, lam, build in specs:
