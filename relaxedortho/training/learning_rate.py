@@ -9,10 +9,10 @@ step and destroys a good start (the text demo diverged this way). :func:`default
 
 .. math:: \mathrm{lr} = \theta / \sqrt{\max(p, q)},\qquad \theta = 0.02,
 
-i.e. lr ≈ 3.5e-3 at 32-d, 1e-3 at 384-d, 7e-4 at 768-d. θ was measured (``benchmarks/bench_convergence.py
---lr-grid``) over lr 1e-4 … 1e-1 on the shipped sentence embeddings (384-d, from the data-driven start, 10
-epochs of batch 256) and on the digits demo's features (32-d): the held-out top-1 of hard, λ and affine maps is
-within noise of its best at this lr, and falls at 10× larger. The scale of the data does not enter: a
+i.e. lr ≈ 3.5e-3 at 32-d, 1e-3 at 384-d, 7e-4 at 768-d. θ was measured over lr 1e-4 … 1e-1 on the shipped
+sentence embeddings (384-d, from the data-driven start, 10 epochs of batch 256) and on the digits demo's features
+(32-d) (docs/training.md; ``benchmarks/bench_convergence.py --lr-grid`` reruns it): the held-out top-1 of hard,
+λ and affine maps is within noise of its best at this lr, and falls at 10× larger. The scale of the data does not enter: a
 hard map's step is an angle, and a map trained from the data-driven start (:mod:`~relaxedortho.training.initialization`)
 starts with its scale and bias already fitted.
 """
