@@ -9,6 +9,7 @@ nearest-neighbour agreement of the mapped queries (geometry kept). Also hard map
 ``--lr-grid``, the held-out top-1 over lr 1e-4 … 1e-1 (the measurement behind ``default_lr``).
 
     python benchmarks/bench_convergence.py [--dataset text|digits|both] [--epochs 30] [--lr-grid]
+                                           [--relaxed-start-max-entries N]
 """
 from __future__ import annotations
 
@@ -133,7 +134,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr-grid", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--relaxed-start-max-entries", type=int, default=None,
+                    help="override relaxedortho.training.initialization.RELAXED_START_MAX_ENTRIES (e.g. 1048576 to "
+                         "start 384-d λ maps at the relaxed closed form)")
     args = ap.parse_args()
+    if args.relaxed_start_max_entries is not None:
+        from relaxedortho.training import initialization
+
+        initialization.RELAXED_START_MAX_ENTRIES = args.relaxed_start_max_entries
     torch.set_num_threads(1)
     result = {}
     for name, load in (("text", text_data), ("digits", digits_data)):
