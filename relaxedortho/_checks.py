@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -134,3 +135,18 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def as_state_dict(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
+    """``obj.state_dict()`` for an :class:`torch.nn.Module`, ``obj`` itself for a mapping of tensors, else a
+    :class:`TypeError` naming ``name`` (and the offending key)."""
+    from torch import nn
+
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        return obj
+    raise TypeError(f"{name} must be an nn.Module or a state_dict (a mapping of tensors), got {type(obj).__name__}")

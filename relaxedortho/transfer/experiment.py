@@ -45,7 +45,6 @@ on top. The hard and soft maps end orthogonal (‖G − I‖_F ≤ 2e-6 and 0.06
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..files import write_json
 from ..maps import LambdaOrthoLinear, OrthogonalLinear
 from .aligned_update import (TransferredLinear, layer_inputs, merge_transferred, procrustes_weight,
                              soft_orthogonal_map, transfer_maps, transfer_task_vector)
@@ -267,7 +267,7 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
                          "few_shot_examples": runs[0]["few_shot_examples"],
                          "test_examples": runs[0]["test_examples"], **size},
               "wall_time_s": time.perf_counter() - t0}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     print(format_table(report))
     return report
 
