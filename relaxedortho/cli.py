@@ -506,16 +506,8 @@ def cmd_compat_bench(args) -> int:
 
 def cmd_transfer_demo(args) -> int:
     """``relaxedortho transfer-demo``: run :func:`relaxedortho.transfer.run_transfer_demo`."""
-    try:
-        from .transfer import run_transfer_demo
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("relaxedortho.transfer",):
-            raise
-        raise CLIError("the transfer demo needs the module relaxedortho.transfer, which this installation "
-                       "does not have") from None
-    except ImportError as exc:
-        raise CLIError(f"the transfer demo is not available in this installation: {exc}") from None
     from .files import writable_dir
+    from .transfer import run_transfer_demo
 
     writable_dir(args.out)
     run_transfer_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
