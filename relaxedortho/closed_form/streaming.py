@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import FLOAT_DTYPES, check_choice
+from .._checks import FLOAT_DTYPES, check_choice, check_device
 
 PRECISIONS = ("auto", "float64")
 
@@ -289,6 +289,8 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
     """
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if device is not None:
+        device = check_device(device)
     if group is not None or distributed:
         from .distributed import check_process_group, reduce_moments
 
