@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 import time
 from typing import Any
 
@@ -80,14 +81,15 @@ def _signed_polar(M: torch.Tensor, sign: float) -> torch.Tensor:
 
 def _hard_kind(module: nn.Module) -> str | None:
     """``"O"``, ``"SO"`` or ``"householder"`` (det sign fixed by the module) for a hard map, else ``None``."""
-    from ..maps import OrthogonalLinear, StiefelLinear
+    from ..maps.orthogonal import OrthogonalLinear
 
     if isinstance(module, OrthogonalLinear):
         if module.group == "SO":
             return "SO"
         return "householder" if module.method == "householder" and module.in_features == module.out_features \
             else "O"
-    if isinstance(module, StiefelLinear):
+    stiefel = sys.modules.get("relaxedortho.maps.stiefel")  # not imported: no StiefelLinear exists (nor geoopt)
+    if stiefel is not None and isinstance(module, stiefel.StiefelLinear):
         return "O"
     return None
 
@@ -154,13 +156,17 @@ def initialize_map(module: nn.Module, source: Any, target: Any, *, init: str = "
         >>> bool(torch.allclose(m.weight, q))
         True
     """
-    from ..maps import AffineMap, LambdaOrthoLinear
+    from ..maps.affine import AffineMap
+    from ..maps.lambda_ortho import LambdaOrthoLinear
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module (a map of the spectrum), got {type(module).__name__}")
     check_init(init)
     t0 = time.perf_counter()
     record: dict = {"init": "module"}
+    if init == "module":
+        record["seconds"] = time.perf_counter() - t0
+        return record
     hard = _hard_kind(module)
     is_lambda = isinstance(module, LambdaOrthoLinear)
     affine = isinstance(module, AffineMap) and (not is_lambda or math.isinf(module.lam))
