@@ -632,8 +632,9 @@ class Trainer:
             warnings.warn(
                 f"training did not converge: the mean loss fell by more than tol={self.tol:g} (relative) in each of "
                 f"the last {min(self.tol_patience, len(h.loss))} epoch(s), by {100 * h.relative_change[-1]:.3g}% in "
-                f"the last ({before:.6g} -> {h.loss[-1]:.6g}); train more epochs, use a larger lr{lr}, or start "
-                f"from the data (init='auto'); pass tol=None to accept the result", ConvergenceWarning, stacklevel=4)
+                f"the last ({before:.6g} -> {h.loss[-1]:.6g}); train more epochs or use a larger lr{lr}"
+                + (", or start from the data (init='auto')" if self.init == "module" else "")
+                + "; pass tol=None to accept the result", ConvergenceWarning, stacklevel=4)
 
     def _module_has_regularizer(self) -> bool:
         from ..maps.base import AlignmentMap
