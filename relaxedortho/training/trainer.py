@@ -743,7 +743,11 @@ def fit_alignment(module: nn.Module, source: Any, target: Any, *, epochs: int, b
 
     Minimises the element-wise mean squared error plus ``module.regularizer()`` (weight 1) by mini-batch
     Adam — Riemannian Adam for geoopt manifold parameters (:class:`~relaxedortho.StiefelLinear`), no weight
-    decay on orthogonal factors. ``source`` (``n x in_features``) and ``target`` (``n x out_features``) may be
+    decay on orthogonal factors — from the closed-form solution of the map's own constraint computed from the
+    training data (``init="auto"``: :mod:`relaxedortho.training.initialization`; ``init="module"`` keeps the
+    module's weight), at :func:`~relaxedortho.training.learning_rate.default_lr` unless ``lr`` is given, until the
+    epochs run out or the loss stops falling (``tol``); a run that ends still falling warns with
+    :class:`~relaxedortho.ConvergenceWarning`. ``source`` (``n x in_features``) and ``target`` (``n x out_features``) may be
     tensors, NumPy arrays or memory maps. All options of :class:`Trainer` apply (device, ``amp``,
     ``clip_grad_norm``, ``val``/``metric``/``early_stopping``, ``checkpoint``/``checkpoint_every``/``resume``,
     ``seed``, ``progress``, ...). Under :mod:`torch.distributed` (more than one process) it trains with
