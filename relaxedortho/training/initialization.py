@@ -6,33 +6,30 @@ walk on :math:`O(d)` and cannot change the sign of :math:`\det A`, so at small �
 :func:`initialize_map` sets the map to the closed-form minimiser of the training objective's data term
 :math:`\tfrac1n\lVert XA^\top + \mathbf 1 b^\top - Y\rVert_F^2` over the map's own set, computed from the first and
 second moments of the training pairs (:func:`~relaxedortho.closed_form.accumulate_moments`: one streamed pass,
-float64 sums, memory :math:`O(p^2 + pq)` whatever n; memory maps are read a chunk at a time):
+float64 sums, memory :math:`O(p^2 + pq)` whatever n; memory maps are read a chunk at a time).
 
-=====================================================  =================================================
-map                                                    start (``init="auto"``, the default of the trainers)
-=====================================================  =================================================
-:class:`~relaxedortho.OrthogonalLinear`,               Procrustes :math:`UV^\top` of :math:`X^\top Y` (Schönemann
-:class:`~relaxedortho.StiefelLinear` (square or        1966), both signs of det allowed; ``group="SO"``: the best
-rectangular)                                           rotation (Kabsch 1976); ``method="householder"``: the best
-                                                       matrix of the weight's current det sign (its reachable
-                                                       component). With a bias: on centred data,
-                                                       :math:`b = \mu_y - \mu_x W`
-:class:`~relaxedortho.LambdaOrthoLinear` (finite λ)    the relaxed closed form at radius λ,
-                                                       :math:`\min \lVert XW - Y\rVert_F` s.t.
-                                                       :math:`\lVert G(W) - I\rVert_F\le\lambda`
-                                                       (:func:`~relaxedortho.closed_form.solve_relaxed_frobenius`,
-                                                       centred with a bias); above
-                                                       :data:`RELAXED_START_MAX_ENTRIES` weight entries the
-                                                       (centred) Procrustes map instead (the relaxed solver is
-                                                       iterative; see below)
-:class:`~relaxedortho.AffineMap`, ``LambdaOrthoLinear``  affine least squares (:func:`~relaxedortho.closed_form.solve_affine`;
-with λ = ∞                                             minimum-norm when :math:`X^\top X` is singular)
-any other module                                       its own weight (``init`` is recorded as ``"module"``)
-=====================================================  =================================================
+The start of ``init="auto"`` (the default of the trainers), per map:
 
-For a compressing hard map (p > q) :math:`UV^\top` maximises :math:`\operatorname{tr}(W^\top X^\top Y)`, which is
-the least-squares optimum only for whitened X; training refines it. Cost: the moments (one pass,
-:math:`O(n p (p + q))` flops; :math:`O(npq)` for hard maps, which need no Gram) plus one SVD of a p×q matrix;
+- :class:`~relaxedortho.OrthogonalLinear` and :class:`~relaxedortho.StiefelLinear`, square or rectangular:
+  Procrustes :math:`UV^\top` of :math:`X^\top Y` (Schönemann 1966), both signs of det allowed; ``group="SO"``:
+  the best rotation (Kabsch 1976); ``method="householder"``: the best matrix of the weight's current det sign (its
+  reachable component); compressing maps (p > q): the majorization solver
+  (:func:`~relaxedortho.closed_form.solve_orthogonal_lsq`), never worse than :math:`UV^\top`. With a bias: on
+  centred data, :math:`b = \mu_y - \mu_x W`.
+- :class:`~relaxedortho.LambdaOrthoLinear` with a finite λ: the relaxed closed form at radius λ,
+  :math:`\min \lVert XW - Y\rVert_F` s.t. :math:`\lVert G(W) - I\rVert_F\le\lambda`
+  (:func:`~relaxedortho.closed_form.solve_relaxed_frobenius`, centred with a bias); above
+  :data:`RELAXED_START_MAX_ENTRIES` weight entries the (centred) Procrustes map instead (the relaxed solver is
+  iterative; see below), and the record says so.
+- :class:`~relaxedortho.AffineMap`, and ``LambdaOrthoLinear`` with λ = ∞: affine least squares
+  (:func:`~relaxedortho.closed_form.solve_affine`; minimum-norm when :math:`X^\top X` is singular; through the
+  origin without a bias).
+- any other module: its own weight (recorded as ``"module"``).
+
+For a compressing hard map (p > q) :math:`UV^\top` maximises :math:`\operatorname{tr}(W^\top X^\top Y)` only, which
+is why the majorization solver refines it; ``init="procrustes"`` stops at :math:`UV^\top`. Cost: the moments (one
+pass, :math:`O(n p (p + q))` flops; :math:`O(npq)` for square and expanding hard maps, which need no Gram) plus one
+SVD of a p×q matrix;
 the relaxed closed form adds its projected-gradient iterations (each an SVD of p×q and products with the p×p
 Gram; up to 500 iterations, seconds at p = q = 64 and about 30 s at 384 on a 2-core CPU before the faster
 solver of the speed issue). ``init="module"`` keeps the module's weight (the behaviour before this start
