@@ -2,7 +2,10 @@ r"""Metrics of (compatible) retrieval: CMC, mAP, compatibility matrices, AC/AM a
 
 Every retrieval metric ranks a labelled gallery for each labelled query by **cosine similarity** of the
 L2-normalised features, :math:`s_{qg} = \langle \hat q, \hat g\rangle`, :math:`\hat x = x/\lVert x\rVert_2`
-(a zero vector stays zero and has similarity 0 with everything). A gallery item is *relevant* to a query
+(a zero vector stays zero and has similarity 0 with everything). Each row is first divided by its largest
+absolute entry, :math:`\hat x = \tilde x/\lVert\tilde x\rVert_2` with :math:`\tilde x = x/\lVert x\rVert_\infty`, so the
+norm never overflows or underflows: every metric is invariant to a positive scale of any row, for every finite
+input (float32 features of size 1e30 or 1e-30 rank exactly as at size 1). A gallery item is *relevant* to a query
 when both carry the same label.
 
 Conventions (stated once, used by every function here):
@@ -91,6 +94,26 @@ class RetrievalReport:
 
 
 # ----------------------------------------------------------------------------------------------- validation
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    r"""The rows of ``x`` scaled to unit L2 norm without overflow or underflow (zero rows stay zero).
+
+    :math:`\hat x = \tilde x/\lVert\tilde x\rVert_2` with :math:`\tilde x = x/\lVert x\rVert_\infty`: the entries of
+    :math:`\tilde x` lie in [-1, 1] with one of modulus 1, so :math:`1 \le \lVert\tilde x\rVert_2 \le \sqrt d` and the
+    sum of squares can neither overflow nor underflow (``torch.nn.functional.normalize`` squares ``x`` itself:
+    it gives 0 for float32 rows of size 1e20 and rows of size ~1e-18 for rows of size 1e-30). The result is
+    invariant to a positive scale of any row up to rounding, for every finite input (the scale-invariant
+    equivalent of the LAPACK ``dnrm2`` scaling, Blue 1978).
+
+    >>> _unit_rows(torch.tensor([[3e30, 4e30], [0.0, 0.0]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000]])
+    """
+    scale = x.abs().amax(dim=-1, keepdim=True)
+    x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
+
 
 def _as_labels(labels: Any, name: str, n: int, device: torch.device) -> Any:
     """1-D labels as a torch integer tensor, or a NumPy array of hashables (strings) to be coded later."""
@@ -191,8 +214,8 @@ def _prepare(query: Any, gallery: Any, query_labels: Any, gallery_labels: Any, l
     dtype = torch.promote_types(q.dtype, g.dtype)
     if dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32
-    q = torch.nn.functional.normalize(q.to(dtype), dim=1)
-    g = torch.nn.functional.normalize(g.to(dtype), dim=1)
+    q = _unit_rows(q.to(dtype))
+    g = _unit_rows(g.to(dtype))
 
     qc, gc = _label_codes(ql, gl, device)
     n_classes = int(torch.cat([qc, gc]).max()) + 1
@@ -577,7 +600,7 @@ def backfilling_order(gallery: Any, gallery_labels: Any, order: Any = "random", 
         if order == "distance":
             labels = _as_labels(gallery_labels, "gallery_labels", n, g.device)
             codes, _ = _label_codes(labels, labels, g.device)
-            x = torch.nn.functional.normalize(g.to(torch.float64), dim=1)
+            x = _unit_rows(g.to(torch.float64))
             n_classes = int(codes.max()) + 1
             sums = torch.zeros(n_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, codes, x)
             means = sums / torch.bincount(codes, minlength=n_classes).to(x.dtype)[:, None]

@@ -64,9 +64,29 @@ def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **option
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
     opts = _options(kind, options)
     solver, _, needs_mean = _KINDS[kind]
+    if not isinstance(moments, PairedMoments):
+        raise TypeError(f"moments must be a PairedMoments (from accumulate_moments), got {type(moments).__name__}")
     if (needs_mean or opts.get("center")) and moments.n < 2:
         raise ValueError(f"kind={kind!r} centres the data and needs at least 2 rows in X and Y, got {moments.n}")
+    _check_finite(moments)
     return solver(moments, **opts)
+
+
+def _check_finite(m: PairedMoments) -> None:
+    """An :class:`OverflowError` when an accumulated moment is not finite.
+
+    ``accumulate_moments`` has checked that the data are finite, so a NaN/Inf moment is an overflow of the
+    accumulation (e.g. float32 chunk products of features of size 1e20), never bad data; say so and how to
+    avoid it instead of letting an SVD or Cholesky fail on it."""
+    parts = (("X^T Y", m.cross_shifted), ("X^T X", m.gram_x_shifted), ("Y^T Y", m.gram_y_shifted),
+             ("the column sums of X", m.sum_x), ("the column sums of Y", m.sum_y))
+    bad = [name for name, t in parts if t is not None and not bool(torch.isfinite(t).all())]
+    if bad:
+        hint = ("accumulate with precision='float64' (the float32 chunk products overflowed) or divide X and Y "
+                "by a common factor" if m.info.get("gemm_dtype") == torch.float32
+                else "divide X and Y by a common factor (orthogonal kinds do not change)")
+        raise OverflowError(f"the accumulated moments ({', '.join(bad)}) overflowed the float range although the "
+                            f"data are finite: {hint}")
 
 
 def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_size: int | None = None,
@@ -86,14 +106,18 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
 
     - ``"orthogonal"``: :math:`UV^\top`, semi-orthogonal when p ≠ q (Schönemann 1966).
     - ``"rotation"``: :math:`U\,\mathrm{diag}(1,…,\det UV^\top)\,V^\top`, det +1, p = q (Kabsch 1976).
-    - ``"orthogonal_lsq"``: least squares over orthonormal W for compressing maps (p > q), majorization started
-      at UVᵀ, never worse (Kiers 1990); options ``max_iter``, ``tol``.
+    - ``"orthogonal_lsq"``: least squares over orthonormal W for compressing maps (p > q) by Riemannian
+      trust-region Newton, never worse than UVᵀ, a global-optimality certificate in ``info``; options
+      ``max_iter``, ``tol``, ``restarts`` (warns with :class:`~relaxedortho.exceptions.ConvergenceWarning` when
+      it stops at ``max_iter``).
     - ``"centered"``: UVᵀ of the centred data, bias :math:`\mu_y - \mu_xW` (Gupta et al. 2026).
     - ``"similarity"``: scale, orthogonal W and translation (Umeyama 1991); option ``rotation`` (det +1).
     - ``"anchored"``: :math:`\operatorname{polar}(M + \gamma W_0)`; options ``prior`` (out×in), ``gamma`` ≥ 0.
     - ``"affine"`` / ``"ridge"``: :math:`(C_{xx} + \rho I)^{-1}C_{xy}` and bias; option ``ridge``
       (0 for affine, 1.0 for ridge).
-    - ``"cca"``: whiten, Procrustes, recolour; option ``shrinkage`` ∈ [0, 1] (0 = CCA, 1 = centred Procrustes).
+    - ``"cca"``: whiten, Procrustes, recolour; option ``shrinkage`` α ∈ [0, 1], netrep's partial whitening
+      :math:`\alpha I + (1-\alpha)C_{xx}^{-1/2}` (0 = CCA, 1 = centred Procrustes; Williams et al. 2021), and
+      ``eigval_tol`` (``1e-7`` reproduces netrep's eigenvalue floor).
     - ``"relaxed_penalty"``: cubic-root shrinkage of the singular values; option ``mu`` ≥ 0.
     - ``"relaxed_band"``: singular values clipped to [``lower``, ``upper``] (aliases ``a``, ``b``) or the band
       of a spectral ``epsilon``.

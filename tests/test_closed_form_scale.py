@@ -1,0 +1,130 @@
+"""Closed forms at extreme but finite scales (issue 11 defect 6): every kind is scale equivariant, and an
+overflow is reported as an overflow (never as bad data, never as a raw LinAlgError)."""
+import numpy as np
+import pytest
+import torch
+
+from relaxedortho.closed_form import accumulate_moments, fit_closed_form, solve_closed_form
+
+MOMENTS_XFAIL = pytest.mark.xfail(strict=True, reason="needs streaming overflow fix (branch moments)")
+
+
+def _data(p, q, seed=0):
+    """Anisotropic features with an offset and a planted map of det -1 plus noise (far from the identity)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((40, p)) * np.logspace(0, -1, p) + rng.standard_normal(p)
+    R = np.linalg.qr(rng.standard_normal((max(p, q), max(p, q))))[0][:p, :q]
+    if p == q and np.linalg.det(R) > 0:
+        R[:, 0] *= -1
+    Y = 2.0 * X @ R + 0.2 * rng.standard_normal((40, q)) + 1.0
+    return X, Y
+
+
+# kind -> (p, q, options at scale 1, how W and b transform when X is scaled by a and Y by c)
+#   "invariant": W unchanged, b -> c b;   "ratio": W -> (c/a) W, b -> c b;   options scale with a, c as given.
+KINDS = {
+    "orthogonal": (5, 5, {}, "invariant"),
+    "rotation": (5, 5, {}, "invariant"),
+    "orthogonal_lsq": (6, 3, {}, "invariant"),
+    "centered": (6, 3, {}, "invariant"),
+    "anchored": (5, 5, {"gamma": 3.0}, "invariant"),
+    "similarity": (5, 5, {}, "ratio"),
+    "affine": (6, 3, {}, "ratio"),
+    "ridge": (6, 3, {"ridge": 2.0}, "ratio"),
+    "cca": (6, 3, {}, "ratio"),
+    "cca-procrustes": (6, 3, {"shrinkage": 1.0}, "invariant"),
+}
+
+
+def _options(name, p, q, a, c):
+    opts = dict(KINDS[name][2])
+    if "gamma" in opts:               # gamma weighs ||W - W0||^2 against ||XW - Y||^2: units of X^T Y
+        opts["gamma"] *= a * c
+        opts["prior"] = np.eye(q, p)
+    if "ridge" in opts:               # the ridge is added to X^T X: units of X^2
+        opts["ridge"] *= a * a
+    return opts
+
+
+def _fit(name, X, Y, a, c):
+    """W (row convention) and b of kind ``name`` on (already scaled) X, Y with the options of scale (a, c)."""
+    p, q = X.shape[1], Y.shape[1]
+    m = fit_closed_form(X, Y, kind=name.split("-")[0], **_options(name, p, q, a, c))
+    W = m.weight.detach().double().numpy().T
+    b = np.zeros(q) if m.bias is None else m.bias.detach().double().numpy()
+    return W, b
+
+
+def _check(name, a, c, dtype, rtol):
+    p, q, _, law = KINDS[name]
+    X, Y = (z.astype(dtype).astype(np.float64) for z in _data(p, q))
+    W1, b1 = _fit(name, X, Y, 1.0, 1.0)
+    Xs, Ys = (X * a).astype(dtype), (Y * c).astype(dtype)
+    assert np.isfinite(Xs).all() and np.isfinite(Ys).all()
+    W, b = _fit(name, Xs, Ys, a, c)
+    factor = c / a if law == "ratio" else 1.0
+    np.testing.assert_allclose(W / factor, W1, rtol=rtol, atol=rtol * np.abs(W1).max())
+    if KINDS[name][0] and np.abs(b1).max() > 0:  # b = mu_y - mu_x W at scale (a, c), divided by c
+        expected = Y.mean(0) - (a / c) * (X.mean(0) @ (factor * W1))
+        np.testing.assert_allclose(b / c, expected, rtol=rtol,
+                                   atol=rtol * (np.abs(Y).max() + (a / c) * np.abs(X).max() * factor * np.abs(W1).sum()))
+
+
+FLOAT64_SCALES = [1e-150, 1e-100, 1e-30, 1e30, 1e100, 1e150]
+
+
+@pytest.mark.parametrize("scale", FLOAT64_SCALES)
+@pytest.mark.parametrize("name", list(KINDS))
+def test_float64_common_scale(name, scale):
+    """X and Y both scaled: orthogonal kinds unchanged, the others with W unchanged and b scaled."""
+    _check(name, scale, scale, np.float64, 1e-9)
+
+
+@pytest.mark.parametrize("a, c", [(1e-150, 1e150), (1e150, 1e-150), (1e-100, 1.0), (1.0, 1e120)])
+@pytest.mark.parametrize("name", [k for k in KINDS if k != "orthogonal_lsq"])
+def test_float64_separate_scales(name, a, c):
+    """X scaled by a, Y by c: W -> (c/a) W for the affine kinds, unchanged for the orthogonal ones (the
+    compressing least squares is excluded: its optimum genuinely depends on c/a)."""
+    _check(name, a, c, np.float64, 1e-9)
+
+
+def _float32_rows():
+    rows = []
+    for scale in (1e-30, 1e-20, 1e-10, 1e10, 1e20, 1e30):
+        for name in KINDS:
+            marks = [MOMENTS_XFAIL] if scale in (1e-30, 1e20, 1e30) else []
+            rows.append(pytest.param(name, scale, marks=marks, id=f"{name}-{scale:g}"))
+    return rows
+
+
+@pytest.mark.parametrize("name, scale", _float32_rows())
+def test_float32_common_scale(name, scale):
+    """float32 features of size 1e-30 ... 1e30 (the float32 chunk products over/underflow at |x|^2 beyond
+    the float32 range: the accumulation is the moments branch's part)."""
+    _check(name, scale, scale, np.float32, 2e-4)
+
+
+def test_overflow_is_reported_as_overflow_not_as_bad_data():
+    """A float32 X^T Y that overflowed in the chunk products is named as such, with the remedy."""
+    X, Y = _data(5, 5)
+    X32, Y32 = (X * 1e20).astype(np.float32), (Y * 1e20).astype(np.float32)
+    m = accumulate_moments(X32, Y32, second_moments=("x", "y"))
+    if bool(torch.isfinite(m.cross_shifted).all()):
+        pytest.skip("the accumulation no longer overflows (moments branch merged)")
+    for kind in ("centered", "similarity", "affine", "cca"):
+        with pytest.raises(OverflowError, match="overflowed.*data are finite.*precision='float64'"):
+            solve_closed_form(m, kind)
+
+
+def test_unrepresentable_float32_weight_raises():
+    """A float32 map whose weights leave the float32 range says so instead of returning Inf or zeros."""
+    X, Y = _data(6, 3)
+    with pytest.raises(OverflowError, match="weight.*outside the range of torch.float32"):
+        fit_closed_form((X * 1e-20).astype(np.float32), (Y * 1e20).astype(np.float32), kind="affine",
+                        precision="float64")
+    with pytest.raises(OverflowError, match="weight.*outside the range of torch.float32"):
+        fit_closed_form((X * 1e20).astype(np.float32), (Y * 1e-20).astype(np.float32), kind="affine",
+                        precision="float64")
+    # float64 inputs hold it
+    m = fit_closed_form(X * 1e-20, Y * 1e20, kind="affine")
+    assert np.isfinite(m.weight.detach().numpy()).all()
