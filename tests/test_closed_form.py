@@ -574,3 +574,37 @@ def test_bad_input_messages():
         fit_closed_form(X)
     with pytest.raises(ValueError, match="2-dimensional"):
         fit_closed_form(np.ones(5), np.ones(5))
+
+
+_X = np.random.default_rng(0).standard_normal((10, 4))
+
+
+@pytest.mark.parametrize("call, err, phrase", [
+    (lambda: fit_closed_form(_X, _X, device="gpu7"), ValueError, "unknown device 'gpu7'"),
+    (lambda: fit_closed_form(_X, _X, kind=["orthogonal"]), ValueError, "kind must be one of"),
+    (lambda: fit_closed_form(_X, _X, kind="similarity", rotation="yes"), TypeError, "rotation must be a bool"),
+    (lambda: fit_closed_form(_X, _X, kind="cca", eigval_tol=-1), ValueError, "eigval_tol must be"),
+    (lambda: fit_closed_form(_X, _X[:, :2], kind="orthogonal_lsq", restarts=1.5), ValueError, "restarts must"),
+    (lambda: fit_closed_form(_X[:, :0], _X), ValueError, "X has no columns"),
+    (lambda: fit_closed_form(_X, _X, kind="anchored", prior=np.full((4, 4), np.nan), gamma=1.0), ValueError,
+     "prior contains NaN"),
+    (lambda: ro.closed_form.solve_closed_form(_X, "orthogonal"), TypeError, "must be a PairedMoments"),
+    (lambda: ClosedFormAlignment("ridge").fit(_X, _X, kind="affine"), TypeError, "fit\\(\\) takes only"),
+    (lambda: ClosedFormAlignment().fit(_X, _X).transform(np.full_like(_X, np.nan)), ValueError,
+     "X contains NaN"),
+    (lambda: ClosedFormAlignment().fit(_X, _X).score(_X, np.full_like(_X, np.inf)), ValueError,
+     "Y contains NaN"),
+    (lambda: ClosedFormAlignment().fit(_X, _X).score(_X, _X[:3]), ValueError, "Y must have shape"),
+    (lambda: ClosedFormAlignment().fit(_X, _X).score(_X, "abc"), TypeError, "Y must hold floating"),
+])
+def test_bad_input_table(call, err, phrase):
+    """One-line errors that name the argument and the problem (issue 11, bad input)."""
+    with pytest.raises(err, match=phrase) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_gpu_is_one_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        fit_closed_form(_X, _X, device="cuda")

@@ -54,8 +54,13 @@ class ClosedFormAlignment:
     def fit(self, X: Any, Y: Any = None, **fit_options: Any) -> "ClosedFormAlignment":
         """Fit on paired rows (or a chunk stream with ``Y=None``); ``fit_options`` go to ``fit_closed_form``
         (``chunk_size``, ``precision``, ``device``)."""
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {self.kind!r}")
+        unknown = sorted(set(fit_options) - {"chunk_size", "precision", "device"})
+        if unknown:
+            raise TypeError(f"fit() takes only chunk_size, precision and device as keyword options, got "
+                            f"{', '.join(map(repr, unknown))}; give the kind's options to the constructor "
+                            f"(ClosedFormAlignment(kind, **options)) or set_params")
         self.map_ = fit_closed_form(X, Y, kind=self.kind, **fit_options, **self.options)
         self.coef_ = self.map_.weight.detach().cpu().numpy().copy()
         b = self.map_.bias
@@ -71,13 +76,7 @@ class ClosedFormAlignment:
     def transform(self, X: Any) -> np.ndarray:
         """``X coef_ᵀ + intercept_`` as a NumPy array (tensors are moved to the CPU)."""
         self._check_fitted()
-        if isinstance(X, torch.Tensor):
-            X = X.detach().cpu().numpy()
-        X = np.asarray(X)
-        if X.dtype.kind != "f":
-            raise TypeError(f"X must hold floating-point numbers, got NumPy dtype {X.dtype}")
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
+        X = _as_array(X, "X", self.n_features_in_)
         return X @ self.coef_.T.astype(X.dtype, copy=False) + self.intercept_.astype(X.dtype, copy=False)
 
     predict = transform
@@ -85,11 +84,9 @@ class ClosedFormAlignment:
     def score(self, X: Any, Y: Any) -> float:
         r"""Pooled :math:`R^2 = 1 - \lVert Y - \hat Y\rVert_F^2 / \lVert Y - \bar Y\rVert_F^2` (float64)."""
         pred = self.transform(X).astype(np.float64)
-        if isinstance(Y, torch.Tensor):
-            Y = Y.detach().cpu().numpy()
-        Y = np.asarray(Y, dtype=np.float64)
+        Y = _as_array(Y, "Y", pred.shape[1]).astype(np.float64)
         if Y.shape != pred.shape:
-            raise ValueError(f"Y must have shape {pred.shape}, got {Y.shape}")
+            raise ValueError(f"Y must have shape {pred.shape} (paired with the rows of X), got {Y.shape}")
         ss_tot = float(((Y - Y.mean(0)) ** 2).sum())
         ss_res = float(((Y - pred) ** 2).sum())
         if ss_tot == 0:
@@ -99,3 +96,20 @@ class ClosedFormAlignment:
     def __repr__(self) -> str:
         args = ", ".join([repr(self.kind)] + [f"{k}={v!r}" for k, v in self.options.items()])
         return f"ClosedFormAlignment({args})"
+
+
+def _as_array(X: Any, name: str, width: int) -> np.ndarray:
+    """``X`` as a finite 2-D floating NumPy array with ``width`` columns (tensors are moved to the CPU)."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    try:
+        X = np.asarray(X)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{name} must be a 2-D array of floats ({exc})") from None
+    if X.dtype.kind != "f":
+        raise TypeError(f"{name} must hold floating-point numbers, got NumPy dtype {X.dtype}")
+    if X.ndim != 2 or X.shape[1] != width:
+        raise ValueError(f"{name} must have shape (n, {width}), got {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return X

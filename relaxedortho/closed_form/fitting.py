@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_device
 from . import linear, procrustes, relaxed
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
@@ -34,6 +35,11 @@ _ALIASES = {"relaxed_band": {"a": "lower", "b": "upper"}}
 _REQUIRED = {"relaxed_penalty": ("mu",), "relaxed_frobenius": ("radius",), "anchored": ("prior", "gamma")}
 
 
+def _check_kind(kind: Any) -> None:
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+
+
 def _options(kind: str, options: dict) -> dict:
     solver = _KINDS[kind][0]
     opts = {**_DEFAULTS.get(kind, {}), **options}
@@ -60,12 +66,14 @@ def _options(kind: str, options: dict) -> dict:
 
 def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **options: Any) -> ClosedFormSolution:
     """The float64 row-convention solution (``W`` p×q, bias) of ``kind`` from accumulated moments."""
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    _check_kind(kind)
     opts = _options(kind, options)
     solver, _, needs_mean = _KINDS[kind]
     if not isinstance(moments, PairedMoments):
         raise TypeError(f"moments must be a PairedMoments (from accumulate_moments), got {type(moments).__name__}")
+    for name, width in (("X", moments.in_features), ("Y", moments.out_features)):
+        if width == 0:
+            raise ValueError(f"{name} has no columns: a map needs at least one feature on each side")
     if (needs_mean or opts.get("center")) and moments.n < 2:
         raise ValueError(f"kind={kind!r} centres the data and needs at least 2 rows in X and Y, got {moments.n}")
     _check_finite(moments)
@@ -139,9 +147,10 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         >>> bool(torch.allclose(m(X), X @ R))
         True
     """
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    _check_kind(kind)
     _options(kind, options)  # validate option names before the pass over the data
+    if device is not None:
+        device = check_device(device)
     for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon"):
         if key in options:  # numeric knobs: fail before reading the data
             from .._checks import check_nonnegative
