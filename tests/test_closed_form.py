@@ -272,7 +272,7 @@ def test_orthogonal_lsq_warns_when_it_stops_early():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((300, 12)) * np.logspace(0, -2, 12)
     Y = X @ stiefel(12, 4, rng) + 0.1 * rng.standard_normal((300, 4))
-    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+    with pytest.warns(ConvergenceWarning, match="max_iter=1 trust-region iterations"):
         sol = solve_orthogonal_lsq(accumulate_moments(X, Y), max_iter=1)
     assert not sol.info["converged"] and sol.info["gradient_norm"] > 1e-12
     with pytest.raises(ValueError, match="restarts"):

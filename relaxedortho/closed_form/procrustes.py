@@ -15,6 +15,7 @@ import torch
 from .._checks import as_float_tensor, check_nonnegative
 from ..linalg import polar
 from .solution import ClosedFormSolution
+from .stiefel_lsq import stiefel_lsq
 from .streaming import PairedMoments
 
 
@@ -95,8 +96,10 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     Minimises :math:`f(W) = \lVert XW - Y\rVert_F^2` subject to :math:`W^\top W = I_q` from the moments
     :math:`A = X^\top X`, :math:`M = X^\top Y` by Riemannian trust-region Newton on the Stiefel manifold
     (:func:`~relaxedortho.closed_form.stiefel_lsq.stiefel_lsq`; Absil, Baker & Gallivan 2007), which converges
-    quadratically whatever the conditioning of X; Kiers' (1990) majorization, used before, needs about
-    :math:`\kappa(X^\top X)` iterations (26 000 for feature scales 1 … 0.01). It starts at the better of
+    quadratically whatever the conditioning of X; Kiers' (1990) majorization, used before, converges linearly
+    at rate :math:`1 - \lambda_{\min}(A)/\lambda_{\max}(A)` (measured for p = 64, q = 16 and feature scales
+    1 … 0.01: still 0.03 from the optimal W after its old default of 500 iterations, within 3e-11 only after
+    10 000; ``benchmarks/bench_orthogonal_lsq.py``). It starts at the better of
     :math:`W_0 = UV^\top` (:func:`solve_orthogonal`) and the polar factor of the least-squares map and never
     increases f, so the result is never worse than UVᵀ. A point satisfying the sufficient condition
     :math:`\lambda_{\max}(W^\top(AW - M)) \le \lambda_{\min}(A)` is the global optimum
@@ -105,12 +108,10 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     when :math:`X^\top X \propto I`.
 
     ``tol`` bounds the relative Riemannian gradient, ``max_iter`` the trust-region iterations per start; a
-    :class:`~relaxedortho.exceptions.ConvergenceWarning` says when a run stops at ``max_iter``. ``info`` holds
+    :class:`~relaxedortho.exceptions.ConvergenceWarning` says when the returned run did not converge. ``info`` holds
     ``iterations``, ``hessian_products``, ``converged``, ``gradient_norm``, ``certified_global``, ``starts`` and
     the objective history (up to the constant :math:`\lVert Y\rVert_F^2`).
     """
-    from .stiefel_lsq import stiefel_lsq
-
     for name, value in (("max_iter", max_iter), ("restarts", restarts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

@@ -155,7 +155,7 @@ def _trust_region(P: _Problem, W: torch.Tensor, max_iter: int, tol: float) -> tu
     delta = None
     products = 0
     grad_rel = math.inf
-    converged = False
+    converged = stalled = False
     it = 0
     eps = torch.finfo(W.dtype).eps
     for it in range(1, max_iter + 1):
@@ -171,7 +171,8 @@ def _trust_region(P: _Problem, W: torch.Tensor, max_iter: int, tol: float) -> tu
         delta_bar = 2 * math.sqrt(q * float(d.max()))
         if delta is None:
             delta = min(math.sqrt(max(_inner(prec(g), g), 0.0)), delta_bar)
-        if delta < 1e3 * eps * delta_bar:  # the trust region collapsed at rounding level
+        if delta < 1e3 * eps * delta_bar:  # the trust region collapsed: no progress possible in float64
+            stalled = True
             break
 
         def hess(xi, W=W, S=S):
@@ -191,7 +192,7 @@ def _trust_region(P: _Problem, W: torch.Tensor, max_iter: int, tol: float) -> tu
         if rho > 0.1 and actual >= -reg:
             W, f = W_new, f - actual
         history.append(f)
-    return W, {"iterations": it, "hessian_products": products, "converged": converged,
+    return W, {"iterations": it, "hessian_products": products, "converged": converged, "stalled": stalled,
                "gradient_norm": grad_rel, "objective": history}
 
 
@@ -220,7 +221,8 @@ def stiefel_lsq(A: torch.Tensor, M: torch.Tensor, *, max_iter: int = 500, tol: f
 
     Returns:
         ``(W, info)``; ``info`` has ``iterations`` (outer, of the returned run), ``hessian_products`` (all
-        runs), ``converged``, ``gradient_norm`` (the relative criterion above), ``certified_global``,
+        runs), ``converged``, ``stalled`` (stopped because no step of float64 size made progress),
+        ``gradient_norm`` (the relative criterion above), ``certified_global``,
         ``starts`` (runs made), ``objective`` (history of f of the returned run, in the units of A and M).
         A :class:`~relaxedortho.exceptions.ConvergenceWarning` is issued when the returned run did not reach
         ``tol`` within ``max_iter``.
@@ -250,7 +252,9 @@ def stiefel_lsq(A: torch.Tensor, M: torch.Tensor, *, max_iter: int = 500, tol: f
     info = dict(info, hessian_products=sum(r[1]["hessian_products"] for r in runs), starts=len(runs),
                 certified_global=bool(certified), objective=[v * scale for v in info["objective"]])
     if not info["converged"]:
-        warnings.warn(f"orthogonal_lsq did not converge in max_iter={max_iter} trust-region iterations "
-                      f"(relative gradient {info['gradient_norm']:.2g} > tol={tol:g}); the map is the best point "
-                      "found, raise max_iter or tol", ConvergenceWarning, stacklevel=3)
+        why = ("the trust region shrank to rounding level" if info["stalled"]
+               else f"it stopped at max_iter={max_iter} trust-region iterations")
+        warnings.warn(f"orthogonal_lsq did not converge: {why} with the relative gradient at "
+                      f"{info['gradient_norm']:.2g} > tol={tol:g}; the map is the best point found (raise "
+                      "max_iter, or tol if the gradient is at rounding level)", ConvergenceWarning, stacklevel=3)
     return _orthonormalize(Q @ W), info
