@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_device
+from .._checks import check_device, check_nonnegative
 from . import linear, procrustes, relaxed
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
@@ -151,10 +151,14 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
     _options(kind, options)  # validate option names before the pass over the data
     if device is not None:
         device = check_device(device)
-    for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon"):
-        if key in options:  # numeric knobs: fail before reading the data
-            from .._checks import check_nonnegative
+    own = ("tol", "eigval_tol") if kind == "orthogonal_lsq" or kind == "cca" else ()
+    for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon") + own:
+        if options.get(key) is not None:  # numeric knobs: fail before reading the data
             check_nonnegative(options[key], key, allow_inf=key in ("gamma", "mu", "radius", "upper", "b", "epsilon"))
+    for key in ("max_iter", "restarts") if kind == "orthogonal_lsq" else ():
+        value = options.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
     lower, upper = options.get("lower", options.get("a")), options.get("upper", options.get("b"))
     if lower is not None and upper is not None and lower > upper:
         name_l = "lower" if "lower" in options else "a"
