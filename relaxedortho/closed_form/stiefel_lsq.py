@@ -112,26 +112,27 @@ def _preconditioner(P: _Problem, W: torch.Tensor, S: torch.Tensor):
 
 
 def _truncated_cg(hess, prec, g: torch.Tensor, delta: float, gscale: float, tol: float, max_inner: int):
-    """Steihaug–Toint truncated preconditioned CG for min <g, eta> + <eta, H eta>/2, ||eta||_P <= delta.
+    """Truncated preconditioned CG (Steihaug–Toint) for min <g, eta> + <eta, H eta>/2 with ||eta||_F <= delta.
+
+    The trust region is Euclidean: in the preconditioner's norm a tiny eigenvalue of A would allow steps far
+    beyond the manifold's scale along its eigenvector, where the quadratic model of f on the manifold fails.
     Returns (eta, H eta, Hessian products, stopped at the boundary)."""
     eta = torch.zeros_like(g)
     h_eta = torch.zeros_like(g)
     r = g
     z = prec(r)
     z_r = _inner(z, r)
-    d_pd, e_pd, e_pe = z_r, 0.0, 0.0
     direction = -z
     r0 = math.sqrt(_inner(r, r))
     target = max(r0 * min(r0 / gscale, 0.1), 0.5 * tol * gscale)  # superlinear, never beyond the tolerance
     for j in range(1, max_inner + 1):
         hd = hess(direction)
         d_hd = _inner(direction, hd)
+        e_e, e_d, d_d = _inner(eta, eta), _inner(eta, direction), _inner(direction, direction)
         alpha = z_r / d_hd if d_hd > 0 else math.inf
-        e_pe_new = e_pe + 2 * alpha * e_pd + alpha * alpha * d_pd
-        if d_hd <= 0 or e_pe_new >= delta * delta:
-            tau = (-e_pd + math.sqrt(max(e_pd * e_pd + d_pd * (delta * delta - e_pe), 0.0))) / d_pd
+        if d_hd <= 0 or e_e + 2 * alpha * e_d + alpha * alpha * d_d >= delta * delta:
+            tau = (-e_d + math.sqrt(max(e_d * e_d + d_d * (delta * delta - e_e), 0.0))) / d_d
             return eta + tau * direction, h_eta + tau * hd, j, True
-        e_pe = e_pe_new
         eta = eta + alpha * direction
         h_eta = h_eta + alpha * hd
         r = r + alpha * hd
@@ -139,10 +140,7 @@ def _truncated_cg(hess, prec, g: torch.Tensor, delta: float, gscale: float, tol:
             return eta, h_eta, j, False
         z = prec(r)
         z_r_old, z_r = z_r, _inner(z, r)
-        beta = z_r / z_r_old
-        direction = -z + beta * direction
-        e_pd = beta * (e_pd + alpha * d_pd)
-        d_pd = z_r + beta * beta * d_pd
+        direction = -z + (z_r / z_r_old) * direction
     return eta, h_eta, max_inner, False
 
 
@@ -167,10 +165,11 @@ def _trust_region(P: _Problem, W: torch.Tensor, max_iter: int, tol: float) -> tu
         if grad_rel <= tol:
             converged, it = True, it - 1
             break
-        prec, d = _preconditioner(P, W, S)
-        delta_bar = 2 * math.sqrt(q * float(d.max()))
+        prec, _ = _preconditioner(P, W, S)
+        delta_bar = math.sqrt(q)  # steps on the Stiefel manifold beyond its scale are meaningless
         if delta is None:
-            delta = min(math.sqrt(max(_inner(prec(g), g), 0.0)), delta_bar)
+            pg = prec(g)
+            delta = min(math.sqrt(_inner(pg, pg)), delta_bar)
         if delta < 1e3 * eps * delta_bar:  # the trust region collapsed: no progress possible in float64
             stalled = True
             break
