@@ -16,8 +16,9 @@ Manifolds* §7) on the Stiefel manifold with the embedded metric:
   :math:`P_W(Z) = Z - W\operatorname{sym}(W^\top Z)`;
 - Hessian :math:`\operatorname{Hess} f(W)[\xi] = P_W\big(2A\xi - \xi\,S\big)`, :math:`S = \operatorname{sym}(W^\top\nabla f)`
   (Absil, Mahony & Trumpf 2013, "An extrinsic look at the Riemannian Hessian");
-- the trust-region subproblem by truncated preconditioned conjugate gradients (Steihaug–Toint), the step
-  retracted with the polar factor :math:`(W+\eta)\big((W+\eta)^\top(W+\eta)\big)^{-1/2}`.
+- the trust-region subproblem by truncated preconditioned conjugate gradients (Steihaug–Toint) in a
+  Euclidean trust region of radius at most :math:`\sqrt q` (the manifold's scale), the step retracted with
+  the polar factor :math:`(W+\eta)\big((W+\eta)^\top(W+\eta)\big)^{-1/2}`.
 
 Everything runs in the eigenbasis of :math:`A` (one symmetric eigendecomposition), where :math:`A` is diagonal and
 a Hessian product costs :math:`O(pq^2)`. The preconditioner is the exact inverse, on the tangent space, of
