@@ -128,3 +128,20 @@ def test_unrepresentable_float32_weight_raises():
     # float64 inputs hold it
     m = fit_closed_form(X * 1e-20, Y * 1e20, kind="affine")
     assert np.isfinite(m.weight.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_generalized_procrustes_at_extreme_scale(scale):
+    """The rotations do not depend on a common scale of the views; the consensus and biases scale with it."""
+    from relaxedortho.closed_form import generalized_procrustes
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((30, 4))
+    views = [Z @ np.linalg.qr(rng.standard_normal((4, 4)))[0] + 0.05 * rng.standard_normal((30, 4)) + 1.0
+             for _ in range(3)]
+    maps1, Z1, info1 = generalized_procrustes(views)
+    maps, Zs, info = generalized_procrustes([v * scale for v in views])
+    for a, b in zip(maps1, maps):
+        np.testing.assert_allclose(b.weight.detach().numpy(), a.weight.detach().numpy(), atol=1e-10)
+        np.testing.assert_allclose(b.bias.detach().numpy() / scale, a.bias.detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(Zs.numpy() / scale, Z1.numpy(), atol=1e-10)
+    assert info["iterations"] == info1["iterations"]
