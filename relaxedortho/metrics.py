@@ -54,12 +54,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from numbers import Integral
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor
+from ._checks import as_float_tensor, check_bool
 
 __all__ = [
     "RetrievalReport", "retrieval_report", "cmc", "mean_average_precision",
@@ -156,7 +156,12 @@ def _label_codes(ql: Any, gl: Any, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def _parse_topk(topk: Any) -> tuple[int, ...]:
-    ks = (topk,) if isinstance(topk, Integral) else tuple(topk)
+    if isinstance(topk, Integral) and not isinstance(topk, bool):
+        ks = (topk,)
+    elif isinstance(topk, Iterable) and not isinstance(topk, (str, bytes)):
+        ks = tuple(topk)
+    else:
+        raise ValueError(f"topk must be a positive integer or a sequence of them, got {topk!r}")
     if not ks:
         raise ValueError("topk must contain at least one k")
     for k in ks:
@@ -351,6 +356,7 @@ def retrieval_report(query: Any, gallery: Any, query_labels: Any, gallery_labels
     ({1: 1.0}, 1.0, 2, 1)
     """
     ks = _parse_topk(topk) if not (isinstance(topk, (tuple, list)) and len(topk) == 0) else ()
+    compute_map = check_bool(compute_map, "compute_map")
     p = _prepare(query, gallery, query_labels, gallery_labels, leave_one_out, chunk_size, max(ks, default=0))
     cmc_out, map_out = _evaluate(p, ks, compute_map)
     return RetrievalReport(cmc_out, map_out, int(p.query.shape[0]), p.n_without_relevant)
@@ -503,6 +509,10 @@ def compatibility_matrix_from_models(models: Sequence[Callable[[Any], Any]], que
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(models) == 0:
         raise ValueError("models must contain at least one model version")
+    for t, model in enumerate(models):
+        if not callable(model):
+            raise TypeError(f"models[{t}] must be a callable (a module or function mapping inputs to features), "
+                            f"got {type(model).__name__}")
     qf = [_embed(m, query_inputs, batch_size, f"models[{t}](query_inputs)") for t, m in enumerate(models)]
     gf = [_embed(m, gallery_inputs, batch_size, f"models[{t}](gallery_inputs)") for t, m in enumerate(models)]
     return compatibility_matrix(qf, gf, query_labels, gallery_labels, metric=metric, leave_one_out=leave_one_out,

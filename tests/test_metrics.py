@@ -390,7 +390,9 @@ def test_cosine_metrics_are_scale_invariant_for_every_finite_scale(seed, dtype, 
     curve = M.backfilling_curve(qs, g.astype(dtype), gs, ql, gl, order="distance", metric="top3",
                                 fractions=[0.0, 0.5, 1.0])
     np.testing.assert_allclose(curve.values, ref_cmc[3], atol=1e-12)
-    assert curve.order.tolist() == M.backfilling_order(g, gl, "distance").tolist()
+    # the order comes from the old gallery as passed (g rounded to dtype); float64 g can differ at near ties of
+    # the class-mean distances, which the similarity gap above does not separate
+    assert curve.order.tolist() == M.backfilling_order(g.astype(dtype), gl, "distance").tolist()
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float32, 1e-30), (np.float32, 1e30),

@@ -109,7 +109,7 @@ def _as_array(X: Any, name: str, width: int) -> np.ndarray:
     if X.dtype.kind != "f":
         raise TypeError(f"{name} must hold floating-point numbers, got NumPy dtype {X.dtype}")
     if X.ndim != 2 or X.shape[1] != width:
-        raise ValueError(f"{name} must have shape (n, {width}), got {X.shape}")
+        raise ValueError(f"{name} must have shape (n, {width}) ({width} features, as in fit), got {X.shape}")
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     return X

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from . import linear, permutation, procrustes, relaxed
-from .._checks import check_device, check_nonnegative
+from .._checks import check_device, check_features, check_nonnegative
 from .distributed import solve_once
 from .solution import ClosedFormSolution
-from .streaming import PairedMoments, accumulate_moments
+from .streaming import PairedMoments, accumulate_moments, check_moments
 
 #: kind -> (solver, Grams to accumulate, needs a mean (>= 2 rows)).
 _KINDS = {
@@ -71,8 +71,7 @@ def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **option
     _check_kind(kind)
     opts = _options(kind, options)
     solver, _, needs_mean = _KINDS[kind]
-    if not isinstance(moments, PairedMoments):
-        raise TypeError(f"moments must be a PairedMoments (from accumulate_moments), got {type(moments).__name__}")
+    check_moments(moments, "moments")
     for name, width in (("X", moments.in_features), ("Y", moments.out_features)):
         if width == 0:
             raise ValueError(f"{name} has no columns: a map needs at least one feature on each side")
@@ -85,18 +84,15 @@ def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **option
 def _check_finite(m: PairedMoments) -> None:
     """An :class:`OverflowError` when an accumulated moment is not finite.
 
-    ``accumulate_moments`` has checked that the data are finite, so a NaN/Inf moment is an overflow of the
-    accumulation (e.g. float32 chunk products of features of size 1e20), never bad data; say so and how to
-    avoid it instead of letting an SVD or Cholesky fail on it."""
+    ``accumulate_moments`` has checked that the data are finite and that float64 holds their moments, so a
+    NaN/Inf moment comes from sums beyond the float range (merged or hand-built moments), never from bad data;
+    say so and how to avoid it instead of letting an SVD or Cholesky fail on it."""
     parts = (("X^T Y", m.cross_shifted), ("X^T X", m.gram_x_shifted), ("Y^T Y", m.gram_y_shifted),
              ("the column sums of X", m.sum_x), ("the column sums of Y", m.sum_y))
     bad = [name for name, t in parts if t is not None and not bool(torch.isfinite(t).all())]
     if bad:
-        hint = ("accumulate with precision='float64' (the float32 chunk products overflowed) or divide X and Y "
-                "by a common factor" if m.info.get("gemm_dtype") == torch.float32
-                else "divide X and Y by a common factor (orthogonal kinds do not change)")
         raise OverflowError(f"the accumulated moments ({', '.join(bad)}) overflowed the float range although the "
-                            f"data are finite: {hint}")
+                            "data are finite: divide X and Y by a common factor (orthogonal kinds do not change)")
 
 
 def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_size: int | None = None,
@@ -166,10 +162,11 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
     for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon") + own:
         if options.get(key) is not None:  # numeric knobs: fail before reading the data
             check_nonnegative(options[key], key, allow_inf=key in ("gamma", "mu", "radius", "upper", "b", "epsilon"))
-    for key in ("max_iter", "restarts") if kind == "orthogonal_lsq" else ():
-        value = options.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+    if kind == "orthogonal_lsq":
+        check_features(options.get("max_iter", 1), "max_iter")
+        restarts = options.get("restarts", 0)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+            raise ValueError(f"restarts must be a non-negative integer, got {restarts!r}")
     lower, upper = options.get("lower", options.get("a")), options.get("upper", options.get("b"))
     if lower is not None and upper is not None and lower > upper:
         name_l = "lower" if "lower" in options else "a"

@@ -15,9 +15,9 @@ from typing import NamedTuple
 import torch
 
 from .._checks import check_nonnegative
-from .procrustes import max_abs, polar_factor, raise_if_not_finite
+from .procrustes import max_abs, raise_if_not_finite, scaled_polar
 from .solution import ClosedFormSolution
-from .streaming import PairedMoments
+from .streaming import PairedMoments, check_moments
 
 #: netrep's default floor on the eigenvalues of XᵀX (``netrep.utils.whiten(eigval_tol=1e-7)``).
 NETREP_EIGVAL_TOL = 1e-7
@@ -115,6 +115,7 @@ def solve_affine(m: PairedMoments, *, ridge: float = 0.0) -> ClosedFormSolution:
     streamed moments, scaled so that :math:`C_{xx}` has largest entry 1: X scaled by a and Y by c give
     :math:`W c/a` for every finite a, c (with :math:`\rho` scaled by :math:`a^2`).
     """
+    check_moments(m)
     ridge = check_nonnegative(ridge, "ridge")
     W = psd_solve(m.gram_x(center=True), m.cross(center=True), ridge)
     return ClosedFormSolution(W, m.mean_y() - m.mean_x() @ W)
@@ -205,6 +206,7 @@ def solve_cca(m: PairedMoments, *, shrinkage: float = 0.0, eigval_tol: float | N
     Earlier versions interpolated the covariance, :math:`\alpha I + (1-\alpha)\Sigma` (canonical ridge), and
     attributed it to netrep; the two families agree only at the two ends (``docs/math.md`` §5).
     """
+    check_moments(m)
     a = check_nonnegative(shrinkage, "shrinkage")
     if a > 1:
         raise ValueError(f"shrinkage must lie in [0, 1] (0 = CCA, 1 = Procrustes), got {shrinkage!r}")
@@ -217,14 +219,14 @@ def solve_cca(m: PairedMoments, *, shrinkage: float = 0.0, eigval_tol: float | N
     if a == 1:
         eye_p = torch.eye(m.in_features, dtype=Cxy.dtype, device=Cxy.device)
         eye_q = torch.eye(m.out_features, dtype=Cxy.dtype, device=Cxy.device)
-        W = polar_factor(Cxy)
+        W = scaled_polar(Cxy)
         return ClosedFormSolution(W, m.mean_y() - m.mean_x() @ W,
                                   info={"shrinkage": a, "whitening_x": eye_p, "whitening_y": eye_q})
     wx = partial_whitening(m.gram_x(center=True), a, eigval_tol)
     wy = partial_whitening(m.gram_y(center=True), a, eigval_tol)
     # polar() is invariant to positive scalars: scale each factor to max-abs 1 so no product over/underflows
     T = (wx.Z / (max_abs(wx.Z) or 1.0)) @ (Cxy / (max_abs(Cxy) or 1.0)) @ (wy.Z / (max_abs(wy.Z) or 1.0))
-    Q = polar_factor(T)
+    Q = scaled_polar(T)
     W = wx.Z @ Q @ wy.Z_pinv
     raise_if_not_finite(W, "the CCA map")
     info = {"shrinkage": a, "whitening_x": wx.variance_scale * wx.Z, "whitening_y": wy.variance_scale * wy.Z}

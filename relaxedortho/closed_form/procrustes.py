@@ -12,11 +12,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .._checks import as_float_tensor, check_nonnegative
+from .._checks import as_float_tensor, check_bool, check_features, check_nonnegative
 from ..linalg import polar
 from .solution import ClosedFormSolution
 from .stiefel_lsq import stiefel_lsq
-from .streaming import PairedMoments
+from .streaming import PairedMoments, check_moments
 
 
 def max_abs(t: torch.Tensor) -> float:
@@ -24,15 +24,41 @@ def max_abs(t: torch.Tensor) -> float:
     return float(t.abs().amax()) if t.numel() else 0.0
 
 
-def raise_if_not_finite(t: torch.Tensor, what: str) -> None:
+def raise_if_not_finite(t: torch.Tensor, what: str) -> torch.Tensor:
     """An :class:`OverflowError` naming ``what`` when ``t`` has a NaN or Inf entry.
 
     The solvers only see moments of finite data (``accumulate_moments`` rejects NaN/Inf), so a non-finite
-    matrix here is an overflow of a finite computation, never bad data; the message says so."""
+    matrix here is an overflow of a finite computation, never bad data; the message says so. Returns ``t``."""
     if not bool(torch.isfinite(t).all()):
         raise OverflowError(f"{what} has NaN or Inf entries although the data are finite: a sum of products "
                             "overflowed the float range; divide X and Y by a common factor (orthogonal kinds do "
-                            "not change), or accumulate with precision='float64'")
+                            "not change)")
+    return t
+
+
+def _matrix(M: Any) -> torch.Tensor:
+    """A user's matrix for :func:`polar_factor` / :func:`rotation_factor`: floating, 2-D, finite."""
+    M = as_float_tensor(M, "M")
+    if M.ndim != 2:
+        raise ValueError(f"M must be a 2-D matrix, got shape {tuple(M.shape)}")
+    return M
+
+
+def scaled_polar(M: torch.Tensor) -> torch.Tensor:
+    """:func:`polar_factor` of a finite matrix computed by the library (no input checks): ``M`` divided by its
+    largest absolute entry before the SVD."""
+    s = max_abs(M)
+    return polar(M / s if s > 0 else M)
+
+
+def scaled_rotation(M: torch.Tensor) -> torch.Tensor:
+    """:func:`rotation_factor` of a finite square matrix computed by the library (no input checks)."""
+    s = max_abs(M)
+    u, _, vh = torch.linalg.svd(M / s if s > 0 else M)
+    d = torch.linalg.det(u @ vh)
+    u = u.clone()
+    u[:, -1] = u[:, -1] * torch.sign(d).where(d != 0, torch.ones_like(d))
+    return u @ vh
 
 
 def polar_factor(M: torch.Tensor) -> torch.Tensor:
@@ -43,23 +69,28 @@ def polar_factor(M: torch.Tensor) -> torch.Tensor:
     the SVD's orthonormal completion is returned, still a valid orthonormal matrix. The factor is invariant
     to a positive scale of ``M``, so ``M`` is divided by its largest absolute entry before the SVD: entries of
     any finite size (1e-300 … 1e300) give the same factor.
+
+    Raises:
+        TypeError: ``M`` is not a floating tensor or array.
+        ValueError: ``M`` is not 2-D or has NaN/Inf entries.
     """
-    raise_if_not_finite(M, "the matrix to orthogonalise")
-    s = max_abs(M)
-    return polar(M / s if s > 0 else M)
+    return scaled_polar(_matrix(M))
 
 
 def rotation_factor(M: torch.Tensor) -> torch.Tensor:
     r"""The maximiser of :math:`\operatorname{tr}(W^\top M)` over :math:`SO(p)` (square ``M``):
     :math:`U\,\mathrm{diag}(1,\dots,1,\det(UV^\top))\,V^\top` (Kabsch 1976; Umeyama 1991). Scale invariant like
-    :func:`polar_factor` (``M`` is divided by its largest absolute entry first)."""
-    raise_if_not_finite(M, "the matrix to orthogonalise")
-    s = max_abs(M)
-    u, _, vh = torch.linalg.svd(M / s if s > 0 else M)
-    d = torch.linalg.det(u @ vh)
-    u = u.clone()
-    u[:, -1] = u[:, -1] * torch.sign(d).where(d != 0, torch.ones_like(d))
-    return u @ vh
+    :func:`polar_factor` (``M`` is divided by its largest absolute entry first).
+
+    Raises:
+        TypeError: ``M`` is not a floating tensor or array.
+        ValueError: ``M`` is not a square 2-D matrix or has NaN/Inf entries.
+    """
+    M = _matrix(M)
+    if M.shape[0] != M.shape[1]:
+        raise ValueError(f"M must be square for a rotation (det is defined for square maps), got shape "
+                         f"{tuple(M.shape)}")
+    return scaled_rotation(M)
 
 
 def solve_orthogonal(m: PairedMoments) -> ClosedFormSolution:
@@ -71,16 +102,19 @@ def solve_orthogonal(m: PairedMoments) -> ClosedFormSolution:
     SciPy's ``orthogonal_procrustes`` on data zero-padded to a common width (restricted to the first p rows
     and q columns).
     """
-    return ClosedFormSolution(polar_factor(m.cross()), orthogonal=True)
+    check_moments(m)
+    return ClosedFormSolution(scaled_polar(raise_if_not_finite(m.cross(), "the cross product X^T Y")), orthogonal=True)
 
 
 def solve_rotation(m: PairedMoments) -> ClosedFormSolution:
     r"""Rotation-only Procrustes (Kabsch 1976, Umeyama 1991): the best W in :math:`SO(p)`,
     :math:`W = U\,\mathrm{diag}(1,\dots,1,\det(UV^\top))\,V^\top`. Needs p = q."""
+    check_moments(m)
     if m.in_features != m.out_features:
         raise ValueError(f"kind='rotation' needs X and Y of equal width (det is defined for square maps), got "
                          f"{m.in_features} and {m.out_features}")
-    return ClosedFormSolution(rotation_factor(m.cross()), orthogonal=True, group="SO")
+    return ClosedFormSolution(scaled_rotation(raise_if_not_finite(m.cross(), "the cross product X^T Y")), orthogonal=True,
+                              group="SO")
 
 
 def orthogonal_lsq_objective(A: torch.Tensor, M: torch.Tensor, W: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
@@ -112,14 +146,15 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     ``iterations``, ``hessian_products``, ``converged``, ``gradient_norm``, ``certified_global``, ``starts`` and
     the objective history (up to the constant :math:`\lVert Y\rVert_F^2`).
     """
-    for name, value in (("max_iter", max_iter), ("restarts", restarts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    check_moments(m)
+    check_features(max_iter, "max_iter")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+        raise ValueError(f"restarts must be a non-negative integer, got {restarts!r}")
     tol = check_nonnegative(tol, "tol")
     M = m.cross()
     raise_if_not_finite(M, "the cross product X^T Y")
     if m.in_features <= m.out_features:
-        return ClosedFormSolution(polar_factor(M), orthogonal=True,
+        return ClosedFormSolution(scaled_polar(M), orthogonal=True,
                                   info={"iterations": 0, "converged": True, "certified_global": True})
     A = m.gram_x()
     raise_if_not_finite(A, "the Gram matrix X^T X")
@@ -131,7 +166,8 @@ def solve_centered(m: PairedMoments) -> ClosedFormSolution:
     r"""Orthogonal Procrustes up to a mean shift (Gupta et al. 2026, "Canonicalizing multimodal contrastive
     representation learning"): :math:`W = \operatorname{polar}\big((X-\mu_x)^\top(Y-\mu_y)\big)`,
     :math:`b = \mu_y - \mu_x W`."""
-    W = polar_factor(m.cross(center=True))
+    check_moments(m)
+    W = scaled_polar(raise_if_not_finite(m.cross(center=True), "the centred cross product"))
     return ClosedFormSolution(W, m.mean_y() - m.mean_x() @ W, orthogonal=True)
 
 
@@ -146,6 +182,7 @@ def solve_similarity(m: PairedMoments, *, rotation: bool = False) -> ClosedFormS
     :math:`\lVert (X-\mu_x)W\rVert_F^2/n`, the optimal scale for the chosen W. Returned as an affine map with
     weight :math:`cW^\top`.
     """
+    check_moments(m)
     if not isinstance(rotation, bool):
         raise TypeError(f"rotation must be a bool, got {type(rotation).__name__}")
     C = m.cross(center=True)
@@ -153,9 +190,9 @@ def solve_similarity(m: PairedMoments, *, rotation: bool = False) -> ClosedFormS
     if rotation:
         if m.in_features != m.out_features:
             raise ValueError("rotation=True needs X and Y of equal width")
-        W = rotation_factor(C)
+        W = scaled_rotation(C)
     else:
-        W = polar_factor(C)
+        W = scaled_polar(C)
     # c = tr(W^T C) / denom, each factor scaled to max-abs 1 (no overflow for data of any finite size)
     G = m.gram_x(center=True)
     raise_if_not_finite(G, "the centred Gram matrix")
@@ -180,6 +217,7 @@ def solve_anchored(m: PairedMoments, *, prior: Any, gamma: float) -> ClosedFormS
     ``prior`` is the anchor given like a module weight, **out×in** (q×p), i.e. :math:`W_0^\top`, or a map
     module whose ``.weight`` is used. ``gamma`` ≥ 0 weighs it: 0 is plain Procrustes, ∞ returns polar(W₀).
     """
+    check_moments(m)
     W0 = prior_rows(prior, m)
     gamma = check_nonnegative(gamma, "gamma", allow_inf=True)
     M = m.cross()
@@ -187,11 +225,11 @@ def solve_anchored(m: PairedMoments, *, prior: Any, gamma: float) -> ClosedFormS
     # polar(M + gamma W0) is invariant to a positive scale: divide both terms by the larger one first
     sm, sw = max_abs(M), gamma * max_abs(W0)
     if gamma == float("inf") or not math.isfinite(sw) or (sw > 0 and sm / sw < torch.finfo(M.dtype).eps ** 2):
-        return ClosedFormSolution(polar_factor(W0), orthogonal=True)
+        return ClosedFormSolution(scaled_polar(W0), orthogonal=True)
     c = max(sm, sw)
     if c == 0:
-        return ClosedFormSolution(polar_factor(M), orthogonal=True)
-    return ClosedFormSolution(polar_factor(M / c + (gamma / c) * W0), orthogonal=True)
+        return ClosedFormSolution(scaled_polar(M), orthogonal=True)
+    return ClosedFormSolution(scaled_polar(M / c + (gamma / c) * W0), orthogonal=True)
 
 
 def prior_rows(prior: Any, m: PairedMoments) -> torch.Tensor:
@@ -224,8 +262,13 @@ def generalized_procrustes(views: Sequence[Any], *, center: bool = True, max_ite
         ``(maps, consensus, info)``: one :class:`~relaxedortho.OrthogonalLinear` per view (view → consensus,
         in the views' dtype), the consensus (n×d, float64) and ``info`` with the objective history.
     """
+    if isinstance(views, (torch.Tensor, str)) or not isinstance(views, Sequence):
+        raise TypeError(f"views must be a list of arrays (one per view), got {type(views).__name__}")
     if len(views) < 2:
         raise ValueError(f"views must hold at least 2 arrays, got {len(views)}")
+    center = check_bool(center, "center")
+    check_features(max_iter, "max_iter")
+    tol = check_nonnegative(tol, "tol")
     Xs = [as_float_tensor(v, f"views[{i}]", ndim=2) for i, v in enumerate(views)]
     for i, x in enumerate(Xs[1:], 1):
         if x.shape != Xs[0].shape:
@@ -244,7 +287,7 @@ def generalized_procrustes(views: Sequence[Any], *, center: bool = True, max_ite
     Rs = [torch.eye(Z.shape[1], dtype=torch.float64, device=Z.device) for _ in X64]
     history = []
     for _ in range(max_iter):
-        Rs = [polar_factor(x.mT @ Z) for x in X64]
+        Rs = [scaled_polar(x.mT @ Z) for x in X64]
         aligned = [x @ r for x, r in zip(X64, Rs)]
         Z = torch.stack(aligned).mean(0)
         obj = float(sum(((a - Z) ** 2).sum() for a in aligned))
