@@ -135,3 +135,18 @@ def test_generalized_procrustes_at_extreme_scale(scale):
         np.testing.assert_allclose(b.bias.detach().numpy() / scale, a.bias.detach().numpy(), atol=1e-10)
     np.testing.assert_allclose(Zs.numpy() / scale, Z1.numpy(), atol=1e-10)
     assert info["iterations"] == info1["iterations"]
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
+def test_lambda_init_on_float32_data_of_extreme_scale(scale):
+    """lambda_init (the Frobenius-ball closed form behind LambdaOrthoLinear's start) on float32 X, Y of size
+    1e-30 ... 1e30: the same weight as at scale 1, the bias scaled (issue 11 defect 6 named it among the kinds
+    that failed on large float32 data)."""
+    from relaxedortho.closed_form import lambda_init
+    X, Y = (z.astype(np.float32).astype(np.float64) for z in _data(6, 6))
+    m1 = lambda_init(X, Y, lam=0.5)
+    m = lambda_init((X * scale).astype(np.float32), (Y * scale).astype(np.float32), lam=0.5)
+    assert m.weight.dtype == torch.float32
+    np.testing.assert_allclose(m.weight.detach().double().numpy(), m1.weight.detach().double().numpy(), atol=2e-6)
+    np.testing.assert_allclose(m.bias.detach().double().numpy() / scale, m1.bias.detach().double().numpy(),
+                               atol=2e-6 * (1 + np.abs(Y).max()))

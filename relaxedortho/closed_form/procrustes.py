@@ -141,10 +141,12 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     kept. For p ≤ q, :math:`\lVert XW\rVert_F` is constant on the feasible set and UVᵀ is exact; it is exact too
     when :math:`X^\top X \propto I`.
 
-    ``tol`` bounds the relative Riemannian gradient, ``max_iter`` the trust-region iterations per start; a
+    ``tol`` bounds the relative Riemannian gradient, ``max_iter`` (≥ 1) the trust-region iterations per start;
+    up to two Newton steps follow while each halves the gradient, which takes W to rounding level (the gradient
+    criterion alone bounds W's error only by the gradient over the smallest Hessian eigenvalue). A
     :class:`~relaxedortho.exceptions.ConvergenceWarning` says when the returned run did not converge. ``info`` holds
-    ``iterations``, ``hessian_products``, ``converged``, ``gradient_norm``, ``certified_global``, ``starts`` and
-    the objective history (up to the constant :math:`\lVert Y\rVert_F^2`).
+    ``iterations``, ``polish_steps``, ``hessian_products``, ``converged``, ``stalled``, ``gradient_norm``,
+    ``certified_global``, ``starts`` and the objective history (up to the constant :math:`\lVert Y\rVert_F^2`).
     """
     check_moments(m)
     check_features(max_iter, "max_iter")
@@ -155,7 +157,9 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     raise_if_not_finite(M, "the cross product X^T Y")
     if m.in_features <= m.out_features:
         return ClosedFormSolution(scaled_polar(M), orthogonal=True,
-                                  info={"iterations": 0, "converged": True, "certified_global": True})
+                                  info={"iterations": 0, "polish_steps": 0, "hessian_products": 0,
+                                        "converged": True, "stalled": False, "gradient_norm": 0.0,
+                                        "certified_global": True, "starts": 0, "objective": []})
     A = m.gram_x()
     raise_if_not_finite(A, "the Gram matrix X^T X")
     W, info = stiefel_lsq(A, M, max_iter=max_iter, tol=tol, restarts=restarts)

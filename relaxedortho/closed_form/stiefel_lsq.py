@@ -255,7 +255,8 @@ def stiefel_lsq(A: torch.Tensor, M: torch.Tensor, *, max_iter: int = 500, tol: f
     p, q = M.shape
     scale = max(float(A.abs().amax()), float(M.abs().amax()))
     if scale == 0:
-        return _polar(M), {"iterations": 0, "hessian_products": 0, "converged": True, "gradient_norm": 0.0,
+        return _polar(M), {"iterations": 0, "polish_steps": 0, "hessian_products": 0, "converged": True,
+                           "stalled": False, "gradient_norm": 0.0,
                            "certified_global": True, "starts": 0, "objective": [0.0]}
     lam, Q = torch.linalg.eigh(A / scale)
     lam = lam.clamp_min(0)
