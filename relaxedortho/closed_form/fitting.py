@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from . import linear, permutation, procrustes, relaxed
-from .._checks import check_device, check_features, check_nonnegative
+from .._checks import check_device, check_int, check_nonnegative
 from .distributed import solve_once
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments, check_moments
@@ -163,10 +163,8 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         if options.get(key) is not None:  # numeric knobs: fail before reading the data
             check_nonnegative(options[key], key, allow_inf=key in ("gamma", "mu", "radius", "upper", "b", "epsilon"))
     if kind == "orthogonal_lsq":
-        check_features(options.get("max_iter", 1), "max_iter")
-        restarts = options.get("restarts", 0)
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
-            raise ValueError(f"restarts must be a non-negative integer, got {restarts!r}")
+        check_int(options.get("max_iter", 1), "max_iter")
+        check_int(options.get("restarts", 0), "restarts", minimum=0)
     lower, upper = options.get("lower", options.get("a")), options.get("upper", options.get("b"))
     if lower is not None and upper is not None and lower > upper:
         name_l = "lower" if "lower" in options else "a"

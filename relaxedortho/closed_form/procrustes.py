@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .._checks import as_float_tensor, check_bool, check_features, check_nonnegative
+from .._checks import as_float_tensor, check_bool, check_int, check_nonnegative
 from ..linalg import polar
 from .solution import ClosedFormSolution
 from .stiefel_lsq import stiefel_lsq
@@ -149,9 +149,8 @@ def solve_orthogonal_lsq(m: PairedMoments, *, max_iter: int = 500, tol: float = 
     ``certified_global``, ``starts`` and the objective history (up to the constant :math:`\lVert Y\rVert_F^2`).
     """
     check_moments(m)
-    check_features(max_iter, "max_iter")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
-        raise ValueError(f"restarts must be a non-negative integer, got {restarts!r}")
+    max_iter = check_int(max_iter, "max_iter")
+    restarts = check_int(restarts, "restarts", minimum=0)
     tol = check_nonnegative(tol, "tol")
     M = m.cross()
     raise_if_not_finite(M, "the cross product X^T Y")
@@ -271,7 +270,7 @@ def generalized_procrustes(views: Sequence[Any], *, center: bool = True, max_ite
     if len(views) < 2:
         raise ValueError(f"views must hold at least 2 arrays, got {len(views)}")
     center = check_bool(center, "center")
-    check_features(max_iter, "max_iter")
+    max_iter = check_int(max_iter, "max_iter")
     tol = check_nonnegative(tol, "tol")
     Xs = [as_float_tensor(v, f"views[{i}]", ndim=2) for i, v in enumerate(views)]
     for i, x in enumerate(Xs[1:], 1):
