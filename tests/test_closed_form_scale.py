@@ -63,8 +63,8 @@ def _check(name, a, c, dtype, rtol):
     np.testing.assert_allclose(W / factor, W1, rtol=rtol, atol=rtol * np.abs(W1).max())
     if KINDS[name][0] and np.abs(b1).max() > 0:  # b = mu_y - mu_x W at scale (a, c), divided by c
         expected = Y.mean(0) - (a / c) * (X.mean(0) @ (factor * W1))
-        np.testing.assert_allclose(b / c, expected, rtol=rtol,
-                                   atol=rtol * (np.abs(Y).max() + (a / c) * np.abs(X).max() * factor * np.abs(W1).sum()))
+        spread = np.abs(Y).max() + (a / c) * np.abs(X).max() * factor * np.abs(W1).sum()
+        np.testing.assert_allclose(b / c, expected, rtol=rtol, atol=rtol * spread)
 
 
 #: float64 data up to 1e±140: the moments (products of entries) then stay within float64's normal range, which

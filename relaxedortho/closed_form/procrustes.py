@@ -103,7 +103,8 @@ def solve_orthogonal(m: PairedMoments) -> ClosedFormSolution:
     and q columns).
     """
     check_moments(m)
-    return ClosedFormSolution(scaled_polar(raise_if_not_finite(m.cross(), "the cross product X^T Y")), orthogonal=True)
+    W = scaled_polar(raise_if_not_finite(m.cross(), "the cross product X^T Y"))
+    return ClosedFormSolution(W, orthogonal=True)
 
 
 def solve_rotation(m: PairedMoments) -> ClosedFormSolution:
@@ -113,8 +114,8 @@ def solve_rotation(m: PairedMoments) -> ClosedFormSolution:
     if m.in_features != m.out_features:
         raise ValueError(f"kind='rotation' needs X and Y of equal width (det is defined for square maps), got "
                          f"{m.in_features} and {m.out_features}")
-    return ClosedFormSolution(scaled_rotation(raise_if_not_finite(m.cross(), "the cross product X^T Y")), orthogonal=True,
-                              group="SO")
+    W = scaled_rotation(raise_if_not_finite(m.cross(), "the cross product X^T Y"))
+    return ClosedFormSolution(W, orthogonal=True, group="SO")
 
 
 def orthogonal_lsq_objective(A: torch.Tensor, M: torch.Tensor, W: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ Manifolds* §7) on the Stiefel manifold with the embedded metric:
 
 - gradient :math:`\operatorname{grad} f(W) = P_W(\nabla f)`, :math:`\nabla f = 2(AW - M)`,
   :math:`P_W(Z) = Z - W\operatorname{sym}(W^\top Z)`;
-- Hessian :math:`\operatorname{Hess} f(W)[\xi] = P_W\big(2A\xi - \xi\,S\big)`, :math:`S = \operatorname{sym}(W^\top\nabla f)`
+- Hessian :math:`\operatorname{Hess} f(W)[\xi] = P_W\big(2A\xi - \xi\,S\big)`,
+  :math:`S = \operatorname{sym}(W^\top\nabla f)`
   (Absil, Mahony & Trumpf 2013, "An extrinsic look at the Riemannian Hessian");
 - the trust-region subproblem by truncated preconditioned conjugate gradients (Steihaug–Toint) in a
   Euclidean trust region of radius at most :math:`\sqrt q` (the manifold's scale), the step retracted with
