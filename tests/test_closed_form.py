@@ -278,6 +278,8 @@ def test_orthogonal_lsq_warns_when_it_stops_early():
     assert not sol.info["converged"] and sol.info["gradient_norm"] > 1e-12
     with pytest.raises(ValueError, match="restarts"):
         fit_closed_form(X, Y, kind="orthogonal_lsq", restarts=-1)
+    # one warning class for the project, exported lazily at the top level
+    assert ro.ConvergenceWarning is ConvergenceWarning and issubclass(ConvergenceWarning, UserWarning)
 
 
 def test_orthogonal_lsq_improves_on_uvt_and_is_exact_for_whitened_x():
