@@ -140,8 +140,19 @@ def skew_retraction_kind(skew: torch.Tensor, dtype: torch.dtype | None = None) -
         >>> skew_retraction_kind(torch.tensor([[0.0, 0.05], [-0.05, 0.0]]))
         'cubic'
     """
-    eps = torch.finfo(dtype or skew.dtype).eps
-    sigma = SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew))
+    return skew_retraction_kind_for_norm(SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew)), dtype or skew.dtype)
+
+
+def skew_retraction_kind_for_norm(sigma: float, dtype: torch.dtype) -> str:
+    """The map :func:`skew_retraction_kind` picks for a skew matrix whose (safety-scaled) spectral norm estimate is
+    ``sigma``: the cheapest with orthogonality defect at most half of ``dtype``'s epsilon (``"cayley"`` when
+    ``sigma`` is not finite).
+
+    Example:
+        >>> skew_retraction_kind_for_norm(1e-3, torch.float32), skew_retraction_kind_for_norm(0.5, torch.float32)
+        ('quadratic', 'cayley')
+    """
+    eps = torch.finfo(dtype).eps
     if sigma ** 4 / 4.0 <= eps / 2:
         return "quadratic"
     if sigma ** 6 / 64.0 <= eps / 2:

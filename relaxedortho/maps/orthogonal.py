@@ -37,6 +37,7 @@ reflections, which also preserve every inner product and are what embedding alig
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -46,10 +47,12 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .._checks import check_choice, check_features
-from ..linalg import newton_schulz_polar, random_orthogonal, skew_retraction, tall
+from .._checks import check_choice, check_device, check_features
+from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew_retraction_kind_for_norm,
+                      spectral_norm_estimate, tall)
+from ..polar_projection import MAX_PASSES, project_orthonormal
 from ._generator import GeneratorWeight, generator_linear, skew_part
-from .base import AlignmentMap, check_dtype, check_orthonormal, initial_weight
+from .base import AlignmentMap, check_dtype, check_input_dtype, entry_dtype, initial_weight, orthonormal_entry
 
 METHODS = ("auto", "trivialization", "retraction", "cayley", "matrix_exp", "householder")
 #: Methods whose weight is re-projected by this module after optimizer steps (not a torch parametrization).
@@ -153,6 +156,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
         check_dtype(dtype)
+        device = None if device is None else check_device(device)
         check_choice(method, "method", METHODS)
         check_choice(group, "group", ("O", "SO"))
         square = in_features == out_features
@@ -177,11 +181,11 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         self.project_gradient = bool(project_gradient)
         self.polish_every = polish_every
         dtype = dtype or torch.get_default_dtype()
-        if isinstance(init, str) and init == "orthogonal":
+        if isinstance(init, str) and init == "orthogonal":  # orthonormal to rounding by construction
             w0 = random_orthogonal(out_features, in_features, dtype=dtype, device=device, special=group == "SO")
         else:
             w0 = initial_weight(init, out_features, in_features, dtype=dtype, device=device)
-        self._check_orthonormal(w0, "init")
+            w0 = self._entry(w0, "init", source_dtype=entry_dtype(init))
         if method == "trivialization":
             self.register_buffer("weight", w0.clone())
             self.generator = nn.Parameter(torch.zeros(out_features, out_features, dtype=dtype, device=device))
@@ -198,17 +202,22 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             _RETRACTED.add(self)
             _ensure_global_hook()
             self.register_forward_pre_hook(_retraction_pre_hook)
-            self.register_load_state_dict_post_hook(_mark_loaded_exact)
             if method == "retraction" and self.project_gradient:
                 self.weight.register_hook(self._tangent_hook)
         else:
             parametrizations.orthogonal(self, "weight", orthogonal_map=method, use_trivialization=True)
+        self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
+        self.register_load_state_dict_post_hook(_check_loaded_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` for inputs of shape ``(..., in_features)``."""
         if self.method == "trivialization":
-            return generator_linear(x, self._buffers["weight"], self.generator, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            w = self._buffers["weight"]
+            check_input_dtype(x, w)
+            return generator_linear(x, w, self.generator, self.bias)
+        w = self.weight
+        check_input_dtype(x, w)
+        return F.linear(x, w, self.bias)
 
     def __getattr__(self, name: str):
         # "trivialization": the weight is a buffer; while gradients are recorded, hand out an alias whose
@@ -258,27 +267,47 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
 
     @torch.no_grad()
     def _reproject(self) -> None:
+        """Replace the weight by its orthogonal polar factor (:func:`~relaxedortho.polar_projection.project_orthonormal`:
+        polynomial passes near the manifold, the SVD beyond); raises :class:`FloatingPointError` on NaN/Inf."""
         p = self._weight_tensor()
-        if self.ns_steps is None:  # adaptive: stop once the predicted error is at rounding level
-            eps = torch.finfo(torch.float64 if p.dtype == torch.float64 else torch.float32).eps
-            tol = 2.0 * eps * min(p.shape) ** 0.5
-            p.copy_(newton_schulz_polar(p, 8, order=2, tol=tol))
-        else:
-            p.copy_(newton_schulz_polar(p, self.ns_steps, order=2))
+        y = project_orthonormal(p, max_passes=self.ns_steps if self.ns_steps is not None else MAX_PASSES)
+        if y is not p:
+            p.copy_(y)
 
     @torch.no_grad()
     def _fold(self, trusted: bool) -> None:
-        """``W <- R(skew P) W``, ``P <- 0``; one Newton–Schulz polish every ``polish_every`` folds.
+        """``W <- R(skew P) W``, ``P <- 0``; a re-projection every ``polish_every`` folds.
 
         ``trusted``: ``P`` was written by an optimizer step from a skew gradient, so it is skew already (every
-        element-wise update keeps it so, bit for bit); otherwise its skew part is taken first."""
+        element-wise update keeps it so, bit for bit); otherwise its skew part is taken first. A ``P`` with NaN or
+        Inf entries is discarded (the weight is kept) and raises :class:`FloatingPointError`; a large ``P`` takes
+        the Cayley transform into a new tensor, re-projected before it replaces the weight."""
         gen, w = self.generator, self._weight_tensor()
         a = gen if trusted else skew_part(gen)
-        skew_retraction(w, a, inplace=True)
+        sigma = SKEW_NORM_SAFETY * float(spectral_norm_estimate(a))
+        if not math.isfinite(sigma) and not bool(torch.isfinite(a).all()):
+            gen.zero_()
+            raise FloatingPointError("OrthogonalLinear: the generator holds NaN or Inf (a non-finite gradient or "
+                                     "edit); the update was discarded and the weight kept")
+        kind = skew_retraction_kind_for_norm(sigma, w.dtype)
+        if kind == "cayley":  # a large step: computed aside and checked, never written unchecked
+            new = skew_retraction(w, a, kind=kind)
+            try:
+                new = project_orthonormal(new)
+            except FloatingPointError:
+                gen.zero_()
+                raise FloatingPointError(f"OrthogonalLinear: an update of spectral norm ~{sigma:.3g} overflowed "
+                                         f"{w.dtype}; the update was discarded and the weight kept (lower the "
+                                         "learning rate)") from None
+            w.copy_(new)
+        else:
+            skew_retraction(w, a, inplace=True, kind=kind)
         gen.zero_()
         self._folds += 1
         if self._folds >= self.polish_every:
-            w.copy_(newton_schulz_polar(w, 1, order=1))
+            y = project_orthonormal(w)
+            if y is not w:
+                w.copy_(y)
             self._folds = 0
         self.folds.fill_(self._folds)
 
@@ -290,6 +319,8 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                 self._reproject()
                 if self.method == "trivialization":
                     self.generator.zero_()
+                if self.group == "SO":
+                    _make_rotation_(w)
             elif self.method == "trivialization" and self.generator._version != self._generator_version:
                 self._fold(trusted)
             else:
@@ -307,16 +338,19 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         return self
 
     # -- interface -------------------------------------------------------------------------------
-    def _check_orthonormal(self, w: torch.Tensor, name: str) -> None:
-        check_orthonormal(w, name)
+    def _entry(self, w: torch.Tensor, name: str, source_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The matrix the map holds for ``w`` given by a user (:func:`~relaxedortho.maps.base.orthonormal_entry`);
+        a reflection given to a ``group="SO"`` map is rejected."""
+        w = orthonormal_entry(w, name, source_dtype=source_dtype)
         if self.group == "SO" and float(torch.linalg.det(w.detach().double())) < 0:
             raise ValueError(f"{name} has determinant -1 but group='SO' needs a rotation (det +1)")
+        return w
 
     @torch.no_grad()
     def load_matrix_(self, weight: Any, bias: Any = None) -> "OrthogonalLinear":
         w, b = self._validated(weight, bias)
-        w = w.to(dtype=self._dtype, device=self._device)
-        self._check_orthonormal(w, "weight")
+        source = w.dtype
+        w = self._entry(w.to(dtype=self._dtype, device=self._device), "weight", source_dtype=source)
         if self.method in _SELF_PROJECTED:
             self._weight_tensor().copy_(w)
             if self.method == "trivialization":
@@ -351,11 +385,55 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                 f"method={self.method!r}, group={self.group!r}")
 
 
+def _keep_state_before_load(module: OrthogonalLinear, state_dict, prefix, *args) -> None:
+    # a copy of this map's own tensors, restored if the loaded weight is rejected (see _check_loaded_state)
+    module._state_before_load = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@torch.no_grad()
+def _check_loaded_state(module: OrthogonalLinear, incompatible_keys) -> None:
+    # a loaded weight enters the map like any other (orthonormal_entry): kept bit for bit when orthonormal to
+    # rounding, projected with a warning when close, rejected otherwise, with the map's previous state restored
+    saved = module.__dict__.pop("_state_before_load", None)
+    if module.method in _SELF_PROJECTED:
+        module._mark_restored()
+    weight = module._weight_tensor() if module.method in _SELF_PROJECTED else module.weight.detach()
+    try:
+        checked = module._entry(weight, "the loaded weight")
+    except ValueError:
+        if saved is not None:
+            module.load_state_dict(saved)
+        raise
+    if checked is not weight:
+        if module.method in _SELF_PROJECTED:
+            weight.copy_(checked)
+            module._mark_exact()
+        else:
+            module.weight = checked
+
+
+@torch.no_grad()
+def _make_rotation_(w: torch.Tensor) -> None:
+    """Turn an orthogonal ``w`` with determinant -1 into the nearest rotation (flip the direction of its smallest
+    singular value, here any: all are 1); a no-op for a rotation."""
+    if float(torch.linalg.det(w.double())) < 0:
+        w[:, -1].neg_()
+
+
 def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
-    # a loaded state is exactly a saved point of the manifold: do not re-project it (that would change bits)
-    module._mark_restored()
+    # the post-hook of earlier versions, kept so that modules pickled by them still load
+    _check_loaded_state(module, incompatible_keys)
 
 
-@torch.compiler.disable
 def _retraction_pre_hook(module: OrthogonalLinear, args) -> None:
+    # Under torch.compile the re-projection runs eagerly (a graph break): it reads version counters and writes the
+    # weight in place. torch.compiler.disable is applied here, at trace time, not at import: a decorator would
+    # import torch._dynamo (seconds) with relaxedortho.
+    if torch.compiler.is_compiling():
+        torch.compiler.disable(_retract_stale)(module)
+    else:
+        module._retract_if_stale()
+
+
+def _retract_stale(module: OrthogonalLinear) -> None:
     module._retract_if_stale()

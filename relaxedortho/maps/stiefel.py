@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_features
+from .._checks import check_device, check_features
 from .._geoopt import geoopt
 from ..linalg import random_orthogonal
-from .base import AlignmentMap, check_dtype, check_orthonormal, initial_weight
+from ..polar_projection import project_orthonormal
+from .base import AlignmentMap, check_dtype, entry_dtype, initial_weight, orthonormal_entry
 
 
 def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
@@ -59,16 +60,20 @@ class StiefelLinear(AlignmentMap, nn.Module):
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
         check_dtype(dtype)
+        device = None if device is None else check_device(device)
         super().__init__()
         self.in_features, self.out_features, self.canonical = in_features, out_features, bool(canonical)
         dtype = dtype or torch.get_default_dtype()
-        w0 = (random_orthogonal(out_features, in_features, dtype=dtype, device=device)
-              if isinstance(init, str) and init == "orthogonal"
-              else initial_weight(init, out_features, in_features, dtype=dtype, device=device))
-        check_orthonormal(w0, "init")
+        if isinstance(init, str) and init == "orthogonal":  # orthonormal to rounding by construction
+            w0 = random_orthogonal(out_features, in_features, dtype=dtype, device=device)
+        else:
+            w0 = initial_weight(init, out_features, in_features, dtype=dtype, device=device)
+            w0 = orthonormal_entry(w0, "init", source_dtype=entry_dtype(init))
         manifold = geoopt.Stiefel(canonical=self.canonical)
         self.stiefel_weight = geoopt.ManifoldParameter(self._to_stored(w0).clone(), manifold=manifold)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
+        self.register_load_state_dict_post_hook(_check_loaded_state)
 
     @property
     def wide(self) -> bool:
@@ -86,8 +91,9 @@ class StiefelLinear(AlignmentMap, nn.Module):
     @torch.no_grad()
     def load_matrix_(self, weight: Any, bias: Any = None) -> "StiefelLinear":
         w, b = self._validated(weight, bias)
-        w = w.to(dtype=self.stiefel_weight.dtype, device=self.stiefel_weight.device)
-        check_orthonormal(w, "weight")
+        source = w.dtype
+        w = orthonormal_entry(w.to(dtype=self.stiefel_weight.dtype, device=self.stiefel_weight.device), "weight",
+                              source_dtype=source)
         self.stiefel_weight.copy_(self._to_stored(w))
         if self.bias is not None:
             self.bias.copy_(b) if b is not None else self.bias.zero_()
@@ -95,8 +101,13 @@ class StiefelLinear(AlignmentMap, nn.Module):
 
     @torch.no_grad()
     def project_(self) -> "StiefelLinear":
-        """Project the stored point back onto the manifold (polar factor), e.g. after float32 drift."""
-        self.stiefel_weight.copy_(self.stiefel_weight.manifold.projx(self.stiefel_weight))
+        """Project the stored point back onto the manifold (its orthogonal polar factor,
+        :func:`~relaxedortho.polar_projection.project_orthonormal`: one polynomial pass after float32 drift, the SVD
+        far from it); unchanged when orthonormal to rounding already."""
+        w = self.stiefel_weight.as_subclass(torch.Tensor)
+        y = project_orthonormal(w)
+        if y is not w:
+            w.copy_(y)
         return self
 
     def config(self) -> dict:
@@ -107,3 +118,23 @@ class StiefelLinear(AlignmentMap, nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"canonical={self.canonical}")
 
+
+def _keep_state_before_load(module: StiefelLinear, state_dict, prefix, *args) -> None:
+    # a copy of the map's own tensors, restored if the loaded weight is rejected (see _check_loaded_state)
+    module._state_before_load = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@torch.no_grad()
+def _check_loaded_state(module: StiefelLinear, incompatible_keys) -> None:
+    # a loaded weight enters the map like any other (orthonormal_entry): kept bit for bit when orthonormal to
+    # rounding, projected with a warning when close, rejected otherwise, with the previous state restored
+    saved = module.__dict__.pop("_state_before_load", None)
+    stored = module.stiefel_weight.as_subclass(torch.Tensor)
+    try:
+        checked = orthonormal_entry(stored, "the loaded weight")
+    except ValueError:
+        if saved is not None:
+            module.load_state_dict(saved)
+        raise
+    if checked is not stored:
+        stored.copy_(checked)
