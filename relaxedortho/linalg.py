@@ -30,6 +30,27 @@ def gram_deviation(weight: torch.Tensor) -> torch.Tensor:
     return g - torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
 
 
+#: :math:`\lVert G - I\rVert_F \le` ``ROUNDING_FACTOR`` :math:`\cdot\,\varepsilon k` is rounding (see
+#: :func:`orthonormality_rounding`).
+ROUNDING_FACTOR = 10.0
+
+
+def orthonormality_rounding(k: int, dtype: torch.dtype) -> float:
+    r"""The rounding level of :math:`\lVert G - I\rVert_F` for a matrix with ``k`` orthonormal columns (or rows) in
+    ``dtype``: :math:`10\,\varepsilon k`.
+
+    A float64 orthonormal matrix rounded to float32, with its Gram computed in float32, reads
+    :math:`0.07\text{–}0.3\,\varepsilon k` (measured for k = 4 … 1024, sides up to 4096); the factor 10 leaves
+    room for the rounding of a training step. The hard maps accept matrices within it as they are, and the
+    penalties treat a deviation within it as 0 in their backward pass.
+
+    Example:
+        >>> orthonormality_rounding(1024, torch.float32) < 1.3e-3
+        True
+    """
+    return ROUNDING_FACTOR * torch.finfo(dtype).eps * k
+
+
 def orthogonality_error(weight: torch.Tensor) -> torch.Tensor:
     r""":math:`\lVert G(A) - I \rVert_F`, computed in at least float32 (float64 stays float64).
 

@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import as_float_tensor, check_device, check_weight_shape
-from ..linalg import gram_deviation, orthogonality_error, random_orthogonal, semi_identity
+from ..linalg import (ROUNDING_FACTOR, gram_deviation, orthogonality_error, orthonormality_rounding,
+                      random_orthogonal, semi_identity)
 from ..polar_projection import project_orthonormal
 
 INIT_CHOICES = ("orthogonal", "identity", "kaiming")
@@ -184,7 +185,7 @@ def initial_weight(init: Any, out_features: int, in_features: int, *, dtype=None
 
 #: A matrix entering a hard map with :math:`\lVert G - I\rVert_F \le` ``ACCEPT_FACTOR`` :math:`\cdot\,\varepsilon k`
 #: (:math:`k` = the shorter side, :math:`\varepsilon` its dtype's epsilon) is rounding: it is taken bit for bit.
-ACCEPT_FACTOR = 10.0
+ACCEPT_FACTOR = ROUNDING_FACTOR
 #: A matrix beyond rounding but with :math:`\lVert G - I\rVert_2 \le` ``PROJECT_BOUND`` (every singular value
 #: within about 2.5 % of 1: a matrix stored in half precision, or one that drifted in another library's training)
 #: is replaced by its orthogonal polar factor, with a warning; farther matrices are rejected.
@@ -202,10 +203,7 @@ def orthonormality_tolerance(weight: torch.Tensor, dtype: torch.dtype | None = N
     A float64 orthonormal matrix rounded to float32 has about :math:`0.01\text{–}0.1\,\varepsilon k`
     (measured, k = 4 … 1024); the hard maps' own training keeps :math:`\lVert G - I\rVert_F` below
     :math:`0.1\,\varepsilon k` (docs/benchmarks.md, drift)."""
-    dtype = dtype or weight.dtype
-    k = min(weight.shape[-2:])
-    eps = torch.finfo(dtype).eps
-    return ACCEPT_FACTOR * eps * k
+    return orthonormality_rounding(min(weight.shape[-2:]), dtype or weight.dtype)
 
 
 def _caller_stacklevel() -> int:
