@@ -52,6 +52,7 @@ from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew
                       spectral_norm_estimate, tall)
 from ..polar_projection import MAX_PASSES, project_orthonormal
 from ._generator import GeneratorWeight, generator_linear, skew_part
+from ._step_guard import guard, restore_before_step
 from .base import AlignmentMap, check_dtype, check_input_dtype, entry_dtype, initial_weight, orthonormal_entry
 
 METHODS = ("auto", "trivialization", "retraction", "cayley", "matrix_exp", "householder")
@@ -68,7 +69,7 @@ def _retract_all_after_step(optimizer, args, kwargs) -> None:
         return
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for module in modules:
-        module._retract_if_stale(trusted=id(getattr(module, "generator", None)) in stepped)
+        module._retract_if_stale(trusted=id(getattr(module, "generator", None)) in stepped, after_step=True)
 
 
 def _ensure_global_hook() -> None:
@@ -208,6 +209,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             parametrizations.orthogonal(self, "weight", orthogonal_map=method, use_trivialization=True)
         self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
         self.register_load_state_dict_post_hook(_check_loaded_state)
+        guard(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` for inputs of shape ``(..., in_features)``."""
@@ -229,10 +231,18 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                 return GeneratorWeight.apply(w, gen) if torch.is_grad_enabled() and gen.requires_grad else w
         return super().__getattr__(name)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # the step guard's and load check's copies are transient
+        state.pop("_before_step", None)
+        state.pop("_state_before_load", None)
+        return state
+
     def __setstate__(self, state: dict) -> None:
         # copy.deepcopy and pickle rebuild the module without __init__: register the copy for the optimizer
         # step post-hook, and give a retraction copy its own tangent-projection hook (tensor hooks are not copied)
         super().__setstate__(state)
+        guard(self)
+        self._before_step = None
         if self.__dict__.get("method") in _SELF_PROJECTED:
             self._mark_restored()  # new tensors, new version counters
             _RETRACTED.add(self)
@@ -240,6 +250,24 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             w = self._weight_tensor()
             if self.method == "retraction" and self.project_gradient and not w._backward_hooks:
                 w.register_hook(self._tangent_hook)
+
+    # -- the step guard (maps/_step_guard.py) --------------------------------------------------------
+    def _guarded_tensors(self) -> list[torch.Tensor]:
+        if self.method == "retraction":
+            return [self.weight]
+        if self.method == "trivialization":
+            return []  # a non-finite generator is discarded by _fold
+        return [self.parametrizations.weight.original]
+
+    @torch.no_grad()
+    def _check_after_step(self) -> None:
+        if self.method in _SELF_PROJECTED:
+            return  # checked by the re-projection (_retract_all_after_step)
+        if not bool(torch.isfinite(self.parametrizations.weight.original).all()):
+            restore_before_step(self)
+            raise FloatingPointError(f"OrthogonalLinear(method={self.method!r}): the optimizer step wrote NaN or Inf "
+                                     "(a non-finite gradient); the weight before the step was restored. Restart the "
+                                     "optimizer (its moments hold the non-finite gradient).")
 
     # -- re-projection (trivialization and retraction) ---------------------------------------------
     def _tangent_hook(self, grad: torch.Tensor) -> torch.Tensor:
@@ -312,11 +340,20 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         self.folds.fill_(self._folds)
 
     @torch.no_grad()
-    def _retract_if_stale(self, trusted: bool = False) -> None:
+    def _retract_if_stale(self, trusted: bool = False, after_step: bool = False) -> None:
         w = self._weight_tensor()
         with torch.autocast(device_type=w.device.type, enabled=False):
-            if w._version != self._version:  # edited by hand: project back
-                self._reproject()
+            if w._version != self._version:  # edited by hand or by an optimizer step: project back
+                try:
+                    self._reproject()
+                except FloatingPointError:
+                    if not (after_step and restore_before_step(self)):
+                        raise
+                    self._mark_exact()
+                    raise FloatingPointError("OrthogonalLinear: the optimizer step wrote NaN or Inf into the weight "
+                                             "(a non-finite gradient: an overflowed loss, or data too large for "
+                                             f"{w.dtype}); the weight before the step was restored. Restart the "
+                                             "optimizer (its moments hold the non-finite gradient).") from None
                 if self.method == "trivialization":
                     self.generator.zero_()
                 if self.group == "SO":
