@@ -126,7 +126,8 @@ def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor
     r"""Estimate of :math:`\lVert M\rVert_2` (a 0-d tensor) by ``iters`` power iterations on :math:`M^\top M`.
 
     Starts from a fixed vector (deterministic, identical on every process), costs ``2 * iters + 1`` matrix-vector
-    products and never synchronises. The estimate is a lower bound (a Rayleigh quotient) that approaches the
+    products and never synchronises; works on ``M / max|M_ij|`` so that no power overflows (a NaN or Inf entry gives
+    NaN). The estimate is a lower bound (a Rayleigh quotient) that approaches the
     norm from below; callers that need an upper bound multiply it by a safety factor.
 
     Example:
@@ -135,12 +136,16 @@ def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor
         3.0
     """
     k = matrix.shape[-1]
+    # scaled by max|M| first: M^T M v squares the entries, and vector_norm squares them again (a float32 matrix
+    # with entries of 1e10 gave an estimate of 0 without the scaling)
+    scale = matrix.abs().amax().clamp_min(torch.finfo(matrix.dtype).tiny)
+    m = matrix / scale
     v = torch.cos(torch.arange(k, dtype=matrix.dtype, device=matrix.device) * 0.7 + 0.3).unsqueeze(-1)
     tiny = torch.finfo(matrix.dtype).tiny
     for _ in range(iters):
-        v = matrix.mT @ (matrix @ v)
+        v = m.mT @ (m @ v)
         v = v / torch.linalg.vector_norm(v).clamp_min(tiny)
-    return torch.linalg.vector_norm(matrix @ v)
+    return torch.linalg.vector_norm(m @ v) * scale
 
 
 #: Safety factor on the power-iteration estimate of ||A||_2 in :func:`skew_retraction`.
@@ -174,9 +179,9 @@ def skew_retraction_kind_for_norm(sigma: float, dtype: torch.dtype) -> str:
         ('quadratic', 'cayley')
     """
     eps = torch.finfo(dtype).eps
-    if sigma ** 4 / 4.0 <= eps / 2:
+    if sigma <= (2.0 * eps) ** 0.25:  # sigma^4 / 4 <= eps / 2 (compared on sigma: no overflow for a huge sigma)
         return "quadratic"
-    if sigma ** 6 / 64.0 <= eps / 2:
+    if sigma <= (32.0 * eps) ** (1.0 / 6.0):  # sigma^6 / 64 <= eps / 2
         return "cubic"
     return "cayley"
 

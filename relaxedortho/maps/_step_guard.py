@@ -33,6 +33,14 @@ def guard(module) -> None:
         _HOOKS.append(register_optimizer_step_post_hook(_check_after_step))
 
 
+def non_finite_step_message(name: str) -> str:
+    """The one message for a step that wrote NaN/Inf into the map ``name`` and was undone."""
+    return (f"{name}: the optimizer step wrote NaN or Inf into the weight (a non-finite gradient, or one whose square "
+            "overflowed in the optimizer's moments: an overflowed loss, data too large for the dtype); the weight "
+            "before the step was restored. Rescale the data or lower the learning rate, and restart the optimizer "
+            "(its moments hold the non-finite values).")
+
+
 def _stepped(optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 

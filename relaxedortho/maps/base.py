@@ -146,12 +146,13 @@ def entry_dtype(value: Any) -> torch.dtype | None:
 
 
 def check_input_dtype(x: torch.Tensor, weight: torch.Tensor) -> None:
-    """Raise :class:`TypeError` when ``x``'s dtype differs from the map's (``weight``'s) outside autocast, with a
+    """Raise :class:`TypeError` when ``x``'s dtype differs from the map's (``weight``'s) outside autocast (autocast
+    casts float32 and half precision, never float64), with a
     message that says what to convert (a float64 map in a float32 model fails at ``F.linear`` with a message that
     names neither). A comparison of dtypes: no synchronisation, and ``torch.compile`` guards on it."""
-    if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+    if x.dtype != weight.dtype and (torch.float64 in (x.dtype, weight.dtype) or not _autocast_enabled(x.device.type)):
         raise TypeError(f"input has dtype {x.dtype} but the map's weight has {weight.dtype}; convert one of them "
-                        f"(x.to({weight.dtype}) or map.to({x.dtype})), or run under torch.autocast")
+                        f"(x.to({weight.dtype}) or map.to({x.dtype})), or run a float32 map under torch.autocast")
 
 
 def _autocast_enabled(device_type: str) -> bool:

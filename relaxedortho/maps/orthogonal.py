@@ -23,7 +23,8 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
        one tangent projection (two products)
    * - ``"cayley"``
      - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
-     - ~3 n³, n×n solve
+     - ~3 n³, n×n solve; after each step the weight is evaluated once more and checked (re-based on its polar
+       factor when a large step left it off the manifold; also for the two methods below)
    * - ``"matrix_exp"``
      - same, matrix exponential of a skew matrix
      - ~10–20 n³ (+ slow backward)
@@ -52,7 +53,7 @@ from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew
                       spectral_norm_estimate, tall)
 from ..polar_projection import MAX_PASSES, project_orthonormal
 from ._generator import GeneratorWeight, generator_linear, skew_part
-from ._step_guard import guard, restore_before_step
+from ._step_guard import guard, non_finite_step_message, restore_before_step
 from .base import AlignmentMap, check_dtype, check_input_dtype, entry_dtype, initial_weight, orthonormal_entry
 
 METHODS = ("auto", "trivialization", "retraction", "cayley", "matrix_exp", "householder")
@@ -69,7 +70,13 @@ def _retract_all_after_step(optimizer, args, kwargs) -> None:
         return
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for module in modules:
-        module._retract_if_stale(trusted=id(getattr(module, "generator", None)) in stepped, after_step=True)
+        mine = id(module._trainable_tensor()) in stepped
+        try:
+            module._retract_if_stale(trusted=mine and module.method == "trivialization", after_step=mine)
+        except FloatingPointError:
+            if mine:
+                raise
+            # another optimizer's map, broken by an edit (NaN): it raises at its own next forward, not in this step
 
 
 def _ensure_global_hook() -> None:
@@ -265,13 +272,28 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             return  # checked by the re-projection (_retract_all_after_step)
         if not bool(torch.isfinite(self.parametrizations.weight.original).all()):
             restore_before_step(self)
-            raise FloatingPointError(f"OrthogonalLinear(method={self.method!r}): the optimizer step wrote NaN or Inf "
-                                     "(a non-finite gradient); the weight before the step was restored. Restart the "
-                                     "optimizer (its moments hold the non-finite gradient).")
+            raise FloatingPointError(non_finite_step_message(f"OrthogonalLinear(method={self.method!r})"))
+        # torch's matrix functions lose orthogonality for large arguments (after a large step: up to 2e5 eps k for
+        # matrix_exp, 1e3 eps k for the Cayley map, measured): check the weight, and re-base the parametrization
+        # on its polar factor when it is off (the dynamic trivialization's re-basing, Lezcano-Casado 2019)
+        w = self.weight
+        if not bool(torch.isfinite(w).all()):
+            restore_before_step(self)
+            raise FloatingPointError(f"OrthogonalLinear(method={self.method!r}): the step was too large for the "
+                                     "parametrization, whose matrix function overflowed to NaN or Inf; the weight "
+                                     "before the step was restored. Lower the learning rate (or use method="
+                                     "'trivialization' / 'retraction', which take any finite step).")
+        y = project_orthonormal(w)
+        if y is not w:
+            self.weight = y
 
     # -- re-projection (trivialization and retraction) ---------------------------------------------
     def _tangent_hook(self, grad: torch.Tensor) -> torch.Tensor:
         return _project_tangent(self.weight.detach(), grad)
+
+    def _trainable_tensor(self) -> torch.Tensor:
+        """The tensor an optimizer updates: ``generator`` (trivialization) or ``weight`` (retraction)."""
+        return self.generator if self.method == "trivialization" else self.weight
 
     def _weight_tensor(self) -> torch.Tensor:
         """The stored weight (the buffer or parameter itself, never a differentiable alias)."""
@@ -350,10 +372,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                     if not (after_step and restore_before_step(self)):
                         raise
                     self._mark_exact()
-                    raise FloatingPointError("OrthogonalLinear: the optimizer step wrote NaN or Inf into the weight "
-                                             "(a non-finite gradient: an overflowed loss, or data too large for "
-                                             f"{w.dtype}); the weight before the step was restored. Restart the "
-                                             "optimizer (its moments hold the non-finite gradient).") from None
+                    raise FloatingPointError(non_finite_step_message("OrthogonalLinear")) from None
                 if self.method == "trivialization":
                     self.generator.zero_()
                 if self.group == "SO":

@@ -17,7 +17,7 @@ from .._checks import check_device, check_features
 from .._geoopt import geoopt
 from ..linalg import random_orthogonal
 from ..polar_projection import project_orthonormal
-from ._step_guard import guard, restore_before_step
+from ._step_guard import guard, non_finite_step_message, restore_before_step
 from .base import AlignmentMap, check_dtype, entry_dtype, initial_weight, orthonormal_entry
 
 
@@ -26,6 +26,9 @@ from .base import AlignmentMap, check_dtype, entry_dtype, initial_weight, orthon
 #: 9e-7 per float32 step at d = 128 (1.7e-3 after 2000 steps); with the re-projection ``||G - I||_F`` stayed below
 #: 4.3e-6 over 10^4 steps (``benchmarks/bench_maps.py``).
 CANONICAL_POLISH_EVERY = 4
+#: ... or as soon as the steps since the last re-projection moved the weight by more than this (Frobenius norm; a
+#: step of Adam at lr 1e-3 moves a 128 x 128 map by about 0.13).
+CANONICAL_POLISH_DISTANCE = 0.5
 
 
 def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
@@ -113,17 +116,21 @@ class StiefelLinear(AlignmentMap, nn.Module):
     @torch.no_grad()
     def _check_after_step(self) -> None:
         """After an optimizer step that updated the weight: restore it and raise if the step wrote NaN/Inf; with
-        ``canonical=True``, re-project it every :data:`CANONICAL_POLISH_EVERY` steps."""
+        ``canonical=True``, re-project it every :data:`CANONICAL_POLISH_EVERY` steps, or at once when the steps
+        since the last re-projection moved it by more than :data:`CANONICAL_POLISH_DISTANCE` (Frobenius norm):
+        the Cayley retraction's rounding grows with the step."""
         w = self.stiefel_weight.as_subclass(torch.Tensor)
-        if not bool(torch.isfinite(w).all()):
+        before = self._before_step[0][1]
+        finite, moved = torch.stack([torch.isfinite(w).all().to(w.dtype),
+                                     torch.linalg.vector_norm(w - before)]).tolist()
+        if not finite or not math.isfinite(moved):
             restore_before_step(self)
-            raise FloatingPointError("StiefelLinear: the optimizer step wrote NaN or Inf (a non-finite gradient); "
-                                     "the weight before the step was restored. Restart the optimizer (its moments "
-                                     "hold the non-finite gradient).")
+            raise FloatingPointError(non_finite_step_message("StiefelLinear"))
         if self.canonical:
             self._steps = self.__dict__.get("_steps", 0) + 1
-            if self._steps >= CANONICAL_POLISH_EVERY:
-                self._steps = 0
+            self._moved = self.__dict__.get("_moved", 0.0) + moved
+            if self._steps >= CANONICAL_POLISH_EVERY or self._moved > CANONICAL_POLISH_DISTANCE:
+                self._steps, self._moved = 0, 0.0
                 y = project_orthonormal(w)
                 if y is not w:
                     w.copy_(y)
