@@ -12,6 +12,9 @@ Examples::
     python benchmarks/bench_maps.py                            # the full table (minutes, use a quiet machine)
     python benchmarks/bench_maps.py --d 1024 --B 1024 --steps 10 --maps linear lambda-exact ortho-retraction --no-drift
 
+Rectangular shapes are IN:OUT, e.g. ``--d 1024:512 2048:1024 --maps ortho-retraction --paired 9`` (issue 12 target 2:
+<= 2.5x at B = 1024, drift <= 5e-5 after 1e3 steps: ``--drift 2048:1024:1000 --drift-maps ortho-retraction``).
+
 Issue 2 targets (d = 1024): lambda-exact <= 2.0x at B = 1024 and <= 1.3x at B = 4096; lambda-randomized <= 1.2x at
 B = 1024; a hard map <= 2.5x, with drift <= 1e-5 after 1e4 steps at d = 128 and <= 5e-5 after 1e3 steps at d = 1024.
 """
@@ -66,8 +69,8 @@ def make_ortho(method, **kwargs):
     return make
 
 
-def make_stiefel(p, q):
-    m = ro.StiefelLinear(p, q)
+def make_stiefel(p, q, canonical=False):
+    m = ro.StiefelLinear(p, q, canonical=canonical)
     return m, geoopt.optim.RiemannianAdam(m.parameters(), lr=ro.riemannian_lr(LR, p, q))
 
 
@@ -93,14 +96,17 @@ MAPS = {
     "lambda-randomized": make_lambda_randomized,
     "ortho-trivialization": make_ortho("trivialization"),
     "ortho-retraction": make_ortho("retraction"),
+    "ortho-retraction-noproj": make_ortho("retraction", project_gradient=False),
     "ortho-cayley": make_ortho("cayley"),
     "ortho-matrix_exp": make_ortho("matrix_exp"),
     "ortho-householder": make_ortho("householder"),
     "stiefel-radam": make_stiefel,
+    "stiefel-canonical-radam": lambda p, q: make_stiefel(p, q, canonical=True),
     "torch-orthogonal-cayley": make_torch_orthogonal,
     "geotorch-orthogonal": make_geotorch,
 }
-HARD = ["ortho-trivialization", "ortho-retraction", "ortho-cayley", "ortho-matrix_exp", "ortho-householder", "stiefel-radam",
+HARD = ["ortho-trivialization", "ortho-retraction", "ortho-retraction-noproj", "ortho-cayley", "ortho-matrix_exp",
+        "ortho-householder", "stiefel-radam", "stiefel-canonical-radam",
         "torch-orthogonal-cayley", "geotorch-orthogonal"]
 
 

@@ -86,14 +86,16 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
       :math:`\tfrac34\lVert E\rVert^2`;
     - ``order=2`` (cubic): :math:`X \leftarrow X(I - \tfrac12 E + \tfrac38 E^2)`, the degree-2 Taylor polynomial
       of :math:`(I + E)^{-1/2}`, three products (:math:`4nk^2 + 2k^3` flops); the error goes to about
-      :math:`\tfrac{5}{16}\lVert E\rVert^3`.
+      :math:`\tfrac58\lVert E\rVert^3` (:math:`(1 + e)(1 - e/2 + 3e^2/8)^2 - 1 = \tfrac58 e^3 + O(e^4)`).
 
     Both converge when every singular value lies in :math:`(0, \sqrt3)` (order 1) or close enough to 1
-    (order 2; always for :math:`\lVert E\rVert_2 < 1`). Meant for re-projecting a matrix that is already close to
-    orthonormal (docs/math.md §4; Björck & Bowie 1971; Higham, *Functions of Matrices*, §8.3).
+    (order 2; always for :math:`\lVert E\rVert_2 < 1`, and it diverges once a singular value exceeds
+    :math:`\sqrt{7/3}`). Nothing here checks that: for a re-projection that cannot diverge, use
+    :func:`~relaxedortho.polar_projection.project_orthonormal` (docs/math.md §4; Björck & Bowie 1971; Higham,
+    *Functions of Matrices*, §8.3).
 
     With ``tol``, at most ``steps`` iterations are made, stopping after the first one whose predicted
-    result error :math:`c\,\lVert E\rVert_2^{\,order}\lVert E\rVert_F` (:math:`c = \tfrac34` or :math:`\tfrac{5}{16}`;
+    result error :math:`c\,\lVert E\rVert_2^{\,order}\lVert E\rVert_F` (:math:`c = \tfrac34` or :math:`\tfrac58`;
     :math:`\lVert E\rVert_2` from four power iterations, doubled for safety) is at most ``tol``. This reads one
     scalar per iteration: a device synchronisation on a GPU.
     """
@@ -118,7 +120,7 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
 def _predicted_error(e: torch.Tensor, order: int) -> float:
     """Bound on ||E'||_F after one iteration of the given order from E (symmetric): c ||E||_2^order ||E||_F."""
     spectral = 2.0 * spectral_norm_estimate(e)
-    c = 0.75 if order == 1 else 5.0 / 16.0
+    c = 0.75 if order == 1 else 5.0 / 8.0
     return float(c * spectral ** order * torch.linalg.vector_norm(e))
 
 

@@ -41,7 +41,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["project_orthonormal", "projection_bound", "POLYNOMIAL_DEGREES", "POLYNOMIAL_REGION"]
+__all__ = ["project_orthonormal", "project_orthonormal_", "projection_bound", "POLYNOMIAL_DEGREES", "POLYNOMIAL_REGION"]
 
 #: Degrees of the Taylor polynomial of a pass, cheapest first (0, 1 and 2 products after :math:`E^2`).
 POLYNOMIAL_DEGREES = (2, 4, 6)
@@ -89,9 +89,11 @@ def projection_bound(degree: int, beta: float) -> float:
     return sum(abs(c) * beta ** j for j, c in enumerate(_defect_coefficients(degree)))
 
 
-def _polynomial_step(x: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, degree: int, wide: bool) -> torch.Tensor:
+def _polynomial_step(x: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, degree: int, wide: bool,
+                     inplace: bool = False) -> torch.Tensor:
     """``x p_d(e)`` (tall ``x``) or ``p_d(e) x`` (wide ``x``) for the Taylor polynomial of degree 2, 4 or 6,
-    given ``e`` and ``e2 = e @ e`` (symmetric, so both orientations use the same ``q = p_d(e) - I``)."""
+    given ``e`` and ``e2 = e @ e`` (symmetric, so both orientations use the same ``q = p_d(e) - I``); with
+    ``inplace`` the increment is added to ``x`` itself (``x + x q``: the product is formed before ``x`` changes)."""
     a = [float(c) for c in _inverse_sqrt_taylor(degree)]
     if degree == 2:
         q = torch.add(e, e2, alpha=a[2] / a[1]).mul_(a[1])
@@ -104,6 +106,8 @@ def _polynomial_step(x: torch.Tensor, e: torch.Tensor, e2: torch.Tensor, degree:
         inner = torch.add(e, e2, alpha=a[5] / a[4]).mul_(a[4]).add_(e3, alpha=a[6])
         q = torch.add(e, e2, alpha=a[2] / a[1]).mul_(a[1]).add_(e3, alpha=a[3])
         q = q.addmm_(e3, inner)
+    if inplace:
+        return x.add_(q @ x if wide else x @ q)
     return torch.addmm(x, q, x) if wide else torch.addmm(x, x, q)
 
 
@@ -125,7 +129,7 @@ def default_tolerance(k: int, dtype: torch.dtype) -> float:
 
 
 def project_orthonormal(matrix: torch.Tensor, *, tol: float | None = None, max_passes: int = MAX_PASSES,
-                        info: dict | None = None) -> torch.Tensor:
+                        inplace: bool = False, info: dict | None = None) -> torch.Tensor:
     r"""The orthogonal polar factor of a 2-D ``matrix`` (orthonormal columns if tall, rows if wide), to rounding.
 
     Fast near the manifold (Taylor-polynomial passes whose error bound is guaranteed, see the module
@@ -136,11 +140,14 @@ def project_orthonormal(matrix: torch.Tensor, *, tol: float | None = None, max_p
         tol: target for :math:`\lVert G - I\rVert_F` beyond rounding (default :func:`default_tolerance`). A matrix
             already within ``tol`` is returned as it is (the same tensor).
         max_passes: polynomial passes at most before the SVD takes over (default :data:`MAX_PASSES`).
+        inplace: write the result into ``matrix`` (float32 or float64) and return it; saves two passes over the
+            matrix per polynomial pass. If it raises, ``matrix`` is unchanged.
         info: if given, a dict that receives ``"passes"`` (the degrees of the polynomial passes made) and
             ``"svd"`` (whether the SVD was used).
 
     Returns:
-        A new tensor of the same shape and dtype, or ``matrix`` itself when it is within ``tol`` already.
+        A new tensor of the same shape and dtype, or ``matrix`` itself when it is within ``tol`` already (or
+        with ``inplace``).
 
     Raises:
         FloatingPointError: ``matrix`` has NaN or Inf entries.
@@ -158,6 +165,8 @@ def project_orthonormal(matrix: torch.Tensor, *, tol: float | None = None, max_p
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-dimensional, got shape {tuple(matrix.shape)}")
     wide = matrix.shape[0] < matrix.shape[1]
+    if inplace and matrix.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"inplace=True needs a float32 or float64 matrix, got {matrix.dtype}")
     x = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
     k = min(x.shape)
     tol = default_tolerance(k, matrix.dtype) if tol is None else tol
@@ -179,14 +188,24 @@ def project_orthonormal(matrix: torch.Tensor, *, tol: float | None = None, max_p
             break
         degree = next((d for d in POLYNOMIAL_DEGREES if projection_bound(d, beta) * err <= tol),
                       POLYNOMIAL_DEGREES[-1])
-        x = _polynomial_step(x, e, e2, degree, wide)
+        x = _polynomial_step(x, e, e2, degree, wide, inplace=inplace)
         record["passes"].append(degree)
         if projection_bound(degree, beta) * err <= tol:
             err = 0.0
             break
     if err > tol:
-        x = _svd_polar(x)
+        x = matrix.copy_(_svd_polar(x)) if inplace else _svd_polar(x)
         record["svd"] = True
     elif not record["passes"]:
         return matrix
     return x.to(matrix.dtype) if x.dtype != matrix.dtype else x
+
+
+@torch.no_grad()
+def project_orthonormal_(matrix: torch.Tensor, **options) -> torch.Tensor:
+    """:func:`project_orthonormal` written into ``matrix`` (in place for float32/float64, through a copy for half
+    precision); returns ``matrix``. ``options`` go to :func:`project_orthonormal`."""
+    if matrix.dtype in (torch.float32, torch.float64):
+        return project_orthonormal(matrix, inplace=True, **options)
+    y = project_orthonormal(matrix, **options)
+    return matrix if y is matrix else matrix.copy_(y)

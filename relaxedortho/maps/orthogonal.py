@@ -13,14 +13,14 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
    * - ``"trivialization"``
      - square maps only (the default for them): the optimizer updates a skew ``generator``, folded into the
        weight after each step by :func:`~relaxedortho.linalg.skew_retraction` (dynamic trivialization)
-     - two or three products (the quadratic or cubic fold; a solve for large steps) and the skew part of the
-       gradient, whose product replaces ``nn.Linear``'s; one Newton–Schulz step (two products) every
-       ``polish_every`` steps
+     - two or three products (the quadratic or cubic fold; a solve for large steps, then checked) and the skew
+       part of the gradient, whose product replaces ``nn.Linear``'s; one re-projection every ``polish_every``
+       steps
    * - ``"retraction"``
-     - plain parameter; after each optimizer step a tangent-projected update is re-projected by
-       Newton–Schulz (the default for rectangular maps)
-     - third-order Newton–Schulz iterations (three products each; one or two in float32, adaptive) plus
-       one tangent projection (two products)
+     - plain parameter; after each optimizer step a tangent-projected update is re-projected onto the manifold
+       (:func:`~relaxedortho.polar_projection.project_orthonormal`; the default for rectangular maps)
+     - one polynomial pass with a guaranteed error bound (two ``n x k x k`` products and one to three
+       ``k x k x k``; the SVD after a step too large for it) plus one tangent projection (two products)
    * - ``"cayley"``
      - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
      - ~3 n³, n×n solve; after each step the weight is evaluated once more and checked (re-based on its polar
@@ -35,6 +35,13 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
 ``group="SO"`` (square maps only) keeps :math:`\det A = +1` (rotations); the default ``"O"`` admits
 reflections, which also preserve every inner product and are what embedding alignment usually wants
 (docs/math.md §4). All methods keep the sign of the determinant of their starting matrix.
+
+Safety: the weight is orthonormal to rounding at every forward pass, whatever the learning rate, the data scale,
+an edit by hand or a loaded state. A matrix given to the map is checked
+(:func:`~relaxedortho.maps.base.orthonormal_entry`: taken as it is at rounding level, replaced by its polar factor
+with a warning when close, rejected otherwise); a re-projection never diverges (far from the manifold it uses the
+SVD); an optimizer step that writes NaN or Inf is undone and raises :class:`FloatingPointError`
+(:mod:`relaxedortho.maps._step_guard`).
 """
 from __future__ import annotations
 
@@ -51,7 +58,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .._checks import check_choice, check_device, check_features
 from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew_retraction_kind_for_norm,
                       spectral_norm_estimate, tall)
-from ..polar_projection import MAX_PASSES, project_orthonormal
+from ..polar_projection import MAX_PASSES, project_orthonormal, project_orthonormal_
 from ._generator import GeneratorWeight, generator_linear, skew_part
 from ._step_guard import guard, non_finite_step_message, restore_before_step
 from .base import AlignmentMap, check_dtype, check_input_dtype, entry_dtype, initial_weight, orthonormal_entry
@@ -86,13 +93,20 @@ def _ensure_global_hook() -> None:
 
 
 def _project_tangent(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    r"""Projection of ``grad`` onto the tangent space of the Stiefel manifold at ``weight`` (tall orientation):
-    :math:`\xi - X\,\mathrm{sym}(X^\top\xi)`."""
-    x, g = tall(weight), tall(grad)
-    xtg = x.mT @ g
-    sym = 0.5 * (xtg + xtg.mT)
-    p = torch.addmm(g, x, sym, alpha=-1.0) if x.ndim == 2 else g - x @ sym
-    return p if weight.shape[-2] >= weight.shape[-1] else p.mT
+    r"""Projection of ``grad`` onto the tangent space of the Stiefel manifold at ``weight``:
+    :math:`\xi - X\,\mathrm{sym}(X^\top\xi)` for orthonormal columns (tall or square), :math:`\xi -
+    \mathrm{sym}(\xi X^\top)X` for orthonormal rows (wide). Computed in the weight's own orientation, so that the
+    products read contiguous operands and the result is contiguous like the gradient (no transposing copies)."""
+    if weight.ndim != 2:
+        x, g = tall(weight), tall(grad)
+        xtg = x.mT @ g
+        p = g - x @ (0.5 * (xtg + xtg.mT))
+        return p if weight.shape[-2] >= weight.shape[-1] else p.mT
+    if weight.shape[0] >= weight.shape[1]:
+        m = weight.mT @ grad
+        return torch.addmm(grad, weight, m.add_(m.mT.clone()), alpha=-0.5)
+    m = grad @ weight.mT
+    return torch.addmm(grad, m.add_(m.mT.clone()), weight, alpha=-0.5)
 
 
 class OrthogonalLinear(AlignmentMap, nn.Module):
@@ -111,19 +125,19 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             module documentation. The attribute ``method`` holds the resolved name.
         group: ``"O"`` (default) or ``"SO"`` (square only; not with ``"householder"``).
         init: ``"orthogonal"`` (default, Haar random), ``"identity"`` or an orthonormal ``out x in`` matrix.
-        ns_steps: third-order Newton–Schulz iterations per re-projection (``"retraction"``, and the
-            re-projection of a weight edited by hand under ``"trivialization"``;
-            :func:`~relaxedortho.linalg.newton_schulz_polar` with ``order=2``, three products each). Default
-            ``None``: adaptive — stop after the first iteration whose predicted error
-            :math:`\tfrac{5}{16}\lVert E\rVert_2^2\lVert E\rVert_F` is at the dtype's rounding level
-            (:math:`2\varepsilon\sqrt{k}`): one iteration at Adam's usual learning rates in float32, two or three
-            in float64. This reads one scalar per step (a synchronisation on a GPU); an integer fixes the count.
+        ns_steps: the most polynomial passes per re-projection (``"retraction"``, and the re-projection of a
+            weight edited by hand) before the SVD takes over; default ``None``: 4
+            (:data:`~relaxedortho.polar_projection.MAX_PASSES`). Each pass takes the cheapest Taylor degree whose
+            guaranteed error bound is at the dtype's rounding level (:math:`2\varepsilon\sqrt{k}`): one pass at
+            Adam's usual learning rates in float32, one or two in float64. Every re-projection reads two scalars
+            (one synchronisation on a GPU). (In 0.1.0 this fixed a number of Newton–Schulz iterations;
+            the name is kept for saved configurations.)
         project_gradient: project the gradient on the tangent space before the optimizer sees it
             (``"retraction"`` only; default ``True``; two products). It keeps the normal component out of Adam's
             moment estimates: without it a 128-d map trained 10⁴ steps at lr 1e-3 reached a loss of 0.397
             instead of 0.308 (Procrustes optimum 0.307).
-        polish_every: ``"trivialization"`` only: one quadratic Newton–Schulz step (two products) after every
-            this many folds removes the rounding the folds accumulate (default 32: with it ``||G - I||_F`` stayed
+        polish_every: ``"trivialization"`` only: a re-projection after every this many folds removes the rounding
+            the folds accumulate (default 32: with it ``||G - I||_F`` stayed
             below 3.2e-6 over 10⁴ float32 Adam steps at d = 128 and below 1.6e-5 over 10³ steps at d = 1024,
             ``benchmarks/bench_maps.py``).
         device, dtype: factory arguments.
@@ -144,8 +158,8 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
     With ``method="retraction"`` the weight is a plain parameter that any optimizer may update.
 
     With either, every ``torch.optim`` optimizer step re-projects (a global step post-hook), and so does the
-    next forward pass if the parameters were changed in any other way (a weight edited by hand is projected
-    back by Newton–Schulz). Use Adam's usual learning rates.
+    next forward pass if the parameters were changed in any other way (a weight edited by hand is replaced by its
+    polar factor). The parametrized methods are checked after each step the same way.
 
     Example:
         >>> import torch
@@ -319,10 +333,8 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
     def _reproject(self) -> None:
         """Replace the weight by its orthogonal polar factor (:func:`~relaxedortho.polar_projection.project_orthonormal`:
         polynomial passes near the manifold, the SVD beyond); raises :class:`FloatingPointError` on NaN/Inf."""
-        p = self._weight_tensor()
-        y = project_orthonormal(p, max_passes=self.ns_steps if self.ns_steps is not None else MAX_PASSES)
-        if y is not p:
-            p.copy_(y)
+        project_orthonormal_(self._weight_tensor(),
+                             max_passes=self.ns_steps if self.ns_steps is not None else MAX_PASSES)
 
     @torch.no_grad()
     def _fold(self, trusted: bool) -> None:
@@ -355,9 +367,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         gen.zero_()
         self._folds += 1
         if self._folds >= self.polish_every:
-            y = project_orthonormal(w)
-            if y is not w:
-                w.copy_(y)
+            project_orthonormal_(w)
             self._folds = 0
         self.folds.fill_(self._folds)
 

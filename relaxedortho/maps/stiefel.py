@@ -16,7 +16,7 @@ from torch import nn
 from .._checks import check_device, check_features
 from .._geoopt import geoopt
 from ..linalg import random_orthogonal
-from ..polar_projection import project_orthonormal
+from ..polar_projection import project_orthonormal_
 from ._step_guard import guard, non_finite_step_message, restore_before_step
 from .base import AlignmentMap, check_dtype, entry_dtype, initial_weight, orthonormal_entry
 
@@ -131,9 +131,7 @@ class StiefelLinear(AlignmentMap, nn.Module):
             self._moved = self.__dict__.get("_moved", 0.0) + moved
             if self._steps >= CANONICAL_POLISH_EVERY or self._moved > CANONICAL_POLISH_DISTANCE:
                 self._steps, self._moved = 0, 0.0
-                y = project_orthonormal(w)
-                if y is not w:
-                    w.copy_(y)
+                project_orthonormal_(w)
         self._mark_exact()
 
     def _mark_exact(self) -> None:
@@ -170,10 +168,7 @@ class StiefelLinear(AlignmentMap, nn.Module):
         """Project the stored point back onto the manifold (its orthogonal polar factor,
         :func:`~relaxedortho.polar_projection.project_orthonormal`: one polynomial pass after float32 drift, the SVD
         far from it); unchanged when orthonormal to rounding already."""
-        w = self.stiefel_weight.as_subclass(torch.Tensor)
-        y = project_orthonormal(w)
-        if y is not w:
-            w.copy_(y)
+        project_orthonormal_(self.stiefel_weight.as_subclass(torch.Tensor))
         self._mark_exact()
         return self
 
