@@ -212,7 +212,8 @@ def _caller_stacklevel() -> int:
     user's call), however deep the entry (constructor, ``from_matrix``, ``load_state_dict``)."""
     import sys
 
-    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(torch.__file__)))
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              os.path.dirname(os.path.abspath(torch.__file__)))
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
@@ -248,8 +249,9 @@ def orthonormal_entry(w: torch.Tensor, name: str, *, source_dtype: torch.dtype |
     tol = orthonormality_tolerance(w)
     if err <= tol:
         return w
-    if source_dtype is not None and source_dtype.is_floating_point and \
-            torch.finfo(source_dtype).eps > torch.finfo(w.dtype).eps and err <= orthonormality_tolerance(w, source_dtype):
+    coarser = source_dtype is not None and source_dtype.is_floating_point and \
+        torch.finfo(source_dtype).eps > torch.finfo(w.dtype).eps
+    if coarser and err <= orthonormality_tolerance(w, source_dtype):
         return project_orthonormal(w)
     k = min(w.shape)
     if err <= PROJECT_BOUND:

@@ -344,8 +344,9 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
 
     @torch.no_grad()
     def _reproject(self) -> None:
-        """Replace the weight by its orthogonal polar factor (:func:`~relaxedortho.polar_projection.project_orthonormal`:
-        polynomial passes near the manifold, the SVD beyond); raises :class:`FloatingPointError` on NaN/Inf."""
+        """Replace the weight by its orthogonal polar factor
+        (:func:`~relaxedortho.polar_projection.project_orthonormal`: polynomial passes near the manifold, the SVD
+        beyond); raises :class:`FloatingPointError` on NaN/Inf."""
         project_orthonormal_(self._weight_tensor(),
                              max_passes=self.ns_steps if self.ns_steps is not None else MAX_PASSES)
 
