@@ -348,7 +348,7 @@ def test_every_kind_returns_a_map_in_the_input_dtype(kind, dtype):
     assert isinstance(m, ro.maps.AlignmentMap)
     assert m.weight.dtype == (torch.float32 if dtype == np.float32 else torch.float64)
     assert m(torch.from_numpy(X)).shape == (40, 4)
-    orth = kind in ("orthogonal", "rotation", "orthogonal_lsq", "centered", "anchored")
+    orth = kind in ("orthogonal", "rotation", "orthogonal_lsq", "centered", "anchored", "permutation")
     assert isinstance(m, ro.OrthogonalLinear) == orth
     # tensors in, same answer
     m2 = fit_closed_form(torch.from_numpy(X), torch.from_numpy(Y), kind=kind, **opts)

@@ -33,10 +33,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 from .._checks import check_choice, check_nonnegative
 from .solution import ClosedFormSolution
+from .distributed import solve_once
 from .streaming import PairedMoments, accumulate_moments
 
 SOLVERS = ("auto", "closed_form", "projected_gradient")
@@ -143,6 +143,8 @@ def frobenius_singular_values(z: torch.Tensor, radius: float) -> torch.Tensor:
         lo, hi = hi, hi * 4
         if hi > 1e300:  # pragma: no cover - the deviation tends to 0
             break
+    from scipy.optimize import brentq  # imported here: scipy.optimize costs ~1 s to import
+
     nu = brentq(excess, lo, hi, xtol=1e-300, rtol=4 * np.finfo(np.float64).eps, maxiter=500)
     return torch.from_numpy(_cubic_roots(zz, 1.0, nu)).to(z.device, z.dtype)
 
@@ -286,7 +288,7 @@ def solve_relaxed_frobenius(m: PairedMoments, *, radius: float, center: bool = F
 
 
 def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True, solver: str = "auto",
-                chunk_size: int | None = None, **module_kwargs):
+                chunk_size: int | None = None, group: Any = None, distributed: bool = False, **module_kwargs):
     r"""A :class:`~relaxedortho.LambdaOrthoLinear` with tolerance ``lam`` started at the Frobenius-ball
     relaxed Procrustes solution of the same radius: :math:`\lVert G(W) - I\rVert_F \le \lambda` — the map the
     λ-orthogonality penalty aims at, before any training.
@@ -294,6 +296,8 @@ def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True,
     ``X, Y`` as for :func:`~relaxedortho.closed_form.fit_closed_form` (arrays, tensors, a chunk stream or
     moments). ``center`` (default True) fits the bias too; other keyword arguments go to the
     :class:`~relaxedortho.LambdaOrthoLinear` constructor (``alpha``, ``gate``, ``penalty_weight``, ...).
+    ``group=`` / ``distributed=True``: fit on the shards of every process of a :mod:`torch.distributed`
+    process group, as in :func:`~relaxedortho.closed_form.fit_closed_form` (the same map on every process).
 
     Example:
         >>> import torch
@@ -305,10 +309,11 @@ def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True,
     from ..maps import LambdaOrthoLinear
 
     lam = check_nonnegative(lam, "lam", allow_inf=True)
-    m = accumulate_moments(X, Y, second_moments=("x",), chunk_size=chunk_size)
+    m = accumulate_moments(X, Y, second_moments=("x",), chunk_size=chunk_size, group=group, distributed=distributed)
     if center and m.n < 2:
         raise ValueError("center=True needs at least 2 rows (X has fewer)")
-    sol = solve_relaxed_frobenius(m, radius=lam, center=center, solver=solver)
+    sol = solve_once(lambda: solve_relaxed_frobenius(m, radius=lam, center=center, solver=solver),
+                     device=m.device, group=group, distributed=distributed)
     dtype = torch.float32 if m.dtype in (torch.float16, torch.bfloat16) else m.dtype
     if "bias" in module_kwargs:
         raise TypeError("lambda_init sets the bias from center= (True: fitted bias, False: no bias); drop bias=")

@@ -506,14 +506,15 @@ def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
 
 
 def _retraction_pre_hook(module: OrthogonalLinear, args) -> None:
-    # Under torch.compile the re-projection runs eagerly (a graph break): it reads version counters and writes the
-    # weight in place. torch.compiler.disable is applied here, at trace time, not at import: a decorator would
-    # import torch._dynamo (seconds) with relaxedortho.
+    # Under torch.compile the retraction runs outside the graph (a graph break). torch.compiler.disable is applied
+    # lazily (torch._disable_dynamo imports torch._dynamo at its first call): as a decorator here it would import
+    # torch._dynamo (~2 s) with relaxedortho.
     if torch.compiler.is_compiling():
-        torch.compiler.disable(_retract_stale)(module)
+        _retract_outside_graph(module)
     else:
         module._retract_if_stale()
 
 
-def _retract_stale(module: OrthogonalLinear) -> None:
+@torch._disable_dynamo
+def _retract_outside_graph(module: OrthogonalLinear) -> None:
     module._retract_if_stale()

@@ -205,11 +205,16 @@ def _check_loaded_state(module: StiefelLinear, incompatible_keys) -> None:
 
 def _stiefel_pre_hook(module: StiefelLinear, args) -> None:
     # an edit by hand (the weight changed outside a checked optimizer step) is projected back before use; under
-    # torch.compile this runs eagerly (see OrthogonalLinear's pre-hook)
+    # torch.compile this runs outside the graph (see OrthogonalLinear's pre-hook)
     if torch.compiler.is_compiling():
-        torch.compiler.disable(_project_if_edited)(module)
+        _project_outside_graph(module)
     else:
         _project_if_edited(module)
+
+
+@torch._disable_dynamo
+def _project_outside_graph(module: StiefelLinear) -> None:
+    _project_if_edited(module)
 
 
 def _project_if_edited(module: StiefelLinear) -> None:

@@ -19,7 +19,7 @@ Protocol (cross-model task-vector transfer, Endo, Kera, Kawamoto 2025, arXiv 250
    of the same per-tensor norms with a hard :math:`U`: what the maps learn from the shots alone.
 
 Measured (full size, ``task="relabel"``, 10 shots per class = 100 examples, 540 test digits, mean ± std over
-5 replicates, seeds 0–4; torch 2.13 CPU, 84 s of CPU time, 45 s wall on 2 cores):
+5 replicates, seeds 0–4; torch 2.13 CPU, one thread, 32 s of CPU time):
 
 ====================  =============
 method                test accuracy
@@ -207,11 +207,14 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
 
     The full size averages :data:`FULL` ``["replicates"]`` replicates (seeds ``seed, seed+1, ...``: new
     networks, data order and shots each time); ``quick`` runs one smaller replicate (seconds on one core).
+    The experiment runs on one CPU thread (PyTorch's setting is restored afterwards): its layers are 64 wide,
+    too small for intra-op parallelism, whose synchronisation dominated the run on a busy machine (measured in
+    docs/benchmarks.md).
 
     Args:
         out: output directory (created).
         seed: first seed (source, target, data order and few-shot draw are derived from it).
-        quick: reduced size for notebooks and tests (about 10 s on one CPU core).
+        quick: reduced size for notebooks and tests (one replicate, about 6 s of CPU time).
         progress: print a line per stage.
         task: ``"relabel"`` (default) or ``"subset"`` (module documentation).
         shots: labelled examples per class for the transfer (default 10).
@@ -244,8 +247,13 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
         if progress:
             print(f"[transfer-demo {time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
-    with torch.random.fork_rng(devices=[]):
-        runs = [_run_once(seed + r, size, task, scale, lam, say) for r in range(size["replicates"])]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 64-wide layers: more threads only add synchronisation
+    try:
+        with torch.random.fork_rng(devices=[]):
+            runs = [_run_once(seed + r, size, task, scale, lam, say) for r in range(size["replicates"])]
+    finally:
+        torch.set_num_threads(threads)
     keys = runs[0]["accuracy"].keys()
     acc = {k: float(np.mean([r["accuracy"][k] for r in runs])) for k in keys}
     std = {k: float(np.std([r["accuracy"][k] for r in runs])) for k in keys}

@@ -21,6 +21,13 @@ from torch import nn
 from .._checks import check_nonnegative
 
 
+def check_module(obj: Any, name: str) -> nn.Module:
+    """``obj`` itself when it is an :class:`torch.nn.Module`, else a :class:`TypeError` naming ``name``."""
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(obj).__name__}")
+    return obj
+
+
 def _state_dict(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
@@ -87,6 +94,7 @@ def apply_task_vector(model: nn.Module, tau: Mapping[str, torch.Tensor], scale: 
         scale: the task-vector scale :math:`s \ge 0` (default 1).
     """
     s = check_nonnegative(scale, "scale")
+    check_module(model, "model")
     out = copy.deepcopy(model)
     state = out.state_dict()
     tau = _state_dict(tau, "tau")
