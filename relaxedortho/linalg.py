@@ -9,7 +9,11 @@ the only Gram that can equal the identity for a rectangular matrix (``docs/math.
 """
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
+
+from ._checks import check_device, check_dtype, check_features, check_matrix
 
 
 def small_gram(weight: torch.Tensor) -> torch.Tensor:
@@ -20,12 +24,14 @@ def small_gram(weight: torch.Tensor) -> torch.Tensor:
         >>> small_gram(torch.eye(3, 2)).shape
         torch.Size([2, 2])
     """
+    check_matrix(weight, "weight")
     out_f, in_f = weight.shape[-2], weight.shape[-1]
     return weight.mT @ weight if out_f >= in_f else weight @ weight.mT
 
 
 def gram_deviation(weight: torch.Tensor) -> torch.Tensor:
     r""":math:`G(A) - I` for the small Gram."""
+    check_matrix(weight, "weight")
     g = small_gram(weight)
     return g - torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
 
@@ -48,6 +54,10 @@ def orthonormality_rounding(k: int, dtype: torch.dtype) -> float:
         >>> orthonormality_rounding(1024, torch.float32) < 1.3e-3
         True
     """
+    k = check_features(k, "k")
+    check_dtype(dtype)
+    if dtype is None:
+        raise TypeError("dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got None")
     return ROUNDING_FACTOR * torch.finfo(dtype).eps * k
 
 
@@ -56,12 +66,14 @@ def orthogonality_error(weight: torch.Tensor) -> torch.Tensor:
 
     Zero exactly when ``A`` has orthonormal columns (tall/square) or rows (wide).
     """
+    check_matrix(weight, "weight")
     w = weight if weight.dtype == torch.float64 else weight.float()
     return torch.linalg.matrix_norm(gram_deviation(w))
 
 
 def tall(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` if it has at least as many rows as columns, else its transpose (a view)."""
+    check_matrix(weight, "weight")
     return weight if weight.shape[-2] >= weight.shape[-1] else weight.mT
 
 
@@ -71,6 +83,9 @@ def polar(matrix: torch.Tensor) -> torch.Tensor:
     The nearest matrix with orthonormal columns (tall) or rows (wide) in Frobenius norm.
     Singular values that are exactly zero make the factor non-unique; any completion is returned.
     """
+    check_matrix(matrix, "matrix")
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("matrix contains NaN or Inf values: it has no polar factor")
     u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u @ vh
 
@@ -99,8 +114,11 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
     :math:`\lVert E\rVert_2` from four power iterations, doubled for safety) is at most ``tol``. This reads one
     scalar per iteration: a device synchronisation on a GPU.
     """
+    check_matrix(matrix, "matrix")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     x = tall(matrix)
     fused = x.ndim == 2
     for _ in range(steps):
@@ -137,6 +155,7 @@ def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor
         >>> round(float(spectral_norm_estimate(m)), 4)
         3.0
     """
+    check_matrix(matrix, "matrix")
     k = matrix.shape[-1]
     # scaled by max|M| first: M^T M v squares the entries, and vector_norm squares them again (a float32 matrix
     # with entries of 1e10 gave an estimate of 0 without the scaling)
@@ -168,6 +187,7 @@ def skew_retraction_kind(skew: torch.Tensor, dtype: torch.dtype | None = None) -
         >>> skew_retraction_kind(torch.tensor([[0.0, 0.05], [-0.05, 0.0]]))
         'cubic'
     """
+    check_matrix(skew, "skew")
     return skew_retraction_kind_for_norm(SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew)), dtype or skew.dtype)
 
 
@@ -180,6 +200,13 @@ def skew_retraction_kind_for_norm(sigma: float, dtype: torch.dtype) -> str:
         >>> skew_retraction_kind_for_norm(1e-3, torch.float32), skew_retraction_kind_for_norm(0.5, torch.float32)
         ('quadratic', 'cayley')
     """
+    if isinstance(sigma, bool) or not isinstance(sigma, Real):
+        raise TypeError(f"sigma must be a real number, got {type(sigma).__name__}")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0 (a norm), got {sigma!r}")
+    check_dtype(dtype)
+    if dtype is None:
+        raise TypeError("dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got None")
     eps = torch.finfo(dtype).eps
     if sigma <= (2.0 * eps) ** 0.25:  # sigma^4 / 4 <= eps / 2 (compared on sigma: no overflow for a huge sigma)
         return "quadratic"
@@ -257,6 +284,9 @@ def random_orthogonal(out_features: int, in_features: int, *, generator: torch.G
     QR of a Gaussian matrix with the signs of ``diag(R)`` fixed (Mezzadri 2007). With ``special=True``
     (square only) the determinant is forced to +1 by flipping one column.
     """
+    out_features, in_features = check_features(out_features, "out_features"), check_features(in_features, "in_features")
+    check_dtype(dtype)
+    device = None if device is None else check_device(device)
     n, k = max(out_features, in_features), min(out_features, in_features)
     g = torch.randn(n, k, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
@@ -273,4 +303,7 @@ def random_orthogonal(out_features: int, in_features: int, *, generator: torch.G
 def semi_identity(out_features: int, in_features: int, *, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> torch.Tensor:
     """The ``out x in`` matrix with ones on its main diagonal (orthonormal rows or columns)."""
+    out_features, in_features = check_features(out_features, "out_features"), check_features(in_features, "in_features")
+    check_dtype(dtype)
+    device = None if device is None else check_device(device)
     return torch.eye(out_features, in_features, dtype=dtype or torch.get_default_dtype(), device=device)

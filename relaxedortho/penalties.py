@@ -40,11 +40,12 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_nonnegative, check_positive
+from ._checks import check_choice, check_matrix, check_nonnegative, check_positive
 from .linalg import gram_deviation, orthonormality_rounding
 
 
 def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
+    check_matrix(weight, "weight")
     return weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
 
 
@@ -107,6 +108,8 @@ def lambda_gate(deviation: torch.Tensor, lam: float, alpha: float, gate: str = "
 
     ``lam = math.inf`` gives a gate of exactly 0.
     """
+    lam = check_nonnegative(lam, "lam", allow_inf=True)
+    check_choice(gate, "gate", ("sigmoid", "heaviside"))
     if math.isinf(lam):
         return torch.zeros_like(deviation)
     if gate == "heaviside":
@@ -159,6 +162,13 @@ def lambda_slope(n: float, lam: float, alpha: float) -> float:
         >>> round(lambda_slope(2.0, 2.0, 10.0), 4)  # 1/2 + alpha lambda / 4 at the threshold
         5.5
     """
+    n = check_nonnegative(n, "n")
+    lam = check_nonnegative(lam, "lam")
+    alpha = check_positive(alpha, "alpha")
+    return _slope(n, lam, alpha)
+
+
+def _slope(n: float, lam: float, alpha: float) -> float:
     u = alpha * (n - lam)
     sig = 1.0 / (1.0 + math.exp(-u)) if u > -700 else 0.0
     return sig + alpha * n * sig * (1.0 - sig)
@@ -191,20 +201,20 @@ def lambda_equilibrium(lam: float, alpha: float, pull: float) -> float:
     lam = check_nonnegative(lam, "lam")
     alpha = check_positive(alpha, "alpha")
     pull = check_nonnegative(pull, "pull")
-    if lambda_slope(0.0, lam, alpha) >= pull:
+    if _slope(0.0, lam, alpha) >= pull:
         return 0.0
     # the slope rises from ~0 to a peak a few 1/alpha beyond lam, then falls back to 1: scan up to the peak
     hi, step = lam, 1.0 / alpha
-    best = lambda_slope(hi, lam, alpha)
+    best = _slope(hi, lam, alpha)
     while best < pull:
-        nxt = lambda_slope(hi + step, lam, alpha)
+        nxt = _slope(hi + step, lam, alpha)
         if nxt <= best and hi > lam + 50.0 / alpha:
             return math.inf
         hi, best = hi + step, max(best, nxt)
     lo = 0.0
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if lambda_slope(mid, lam, alpha) < pull:
+        if _slope(mid, lam, alpha) < pull:
             lo = mid
         else:
             hi = mid

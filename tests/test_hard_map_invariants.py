@@ -252,11 +252,14 @@ def test_random_state_is_rejected_and_the_map_kept(method):
 
 
 def test_crafted_file_is_rejected_by_load(tmp_path):
-    """Reproducer: relaxedortho.load of a crafted file gave a non-orthonormal hard map."""
+    """Reproducer: relaxedortho.load of a crafted file gave a non-orthonormal hard map (the checksum only catches
+    corruption: a crafted file carries a valid one)."""
+    from relaxedortho.serialization import checksum
     path = tmp_path / "crafted.pt"
     ro.save(ro.OrthogonalLinear(5, 3, method="retraction"), path)
     payload = torch.load(path, weights_only=True)
     payload["state_dict"]["weight"] = torch.randn(3, 5)
+    payload["checksum"] = checksum(payload["class"], payload["config"], payload["dtype"], payload["state_dict"])
     torch.save(payload, path)
     with pytest.raises(ValueError, match="orthonormal"):
         ro.load(path)

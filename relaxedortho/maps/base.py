@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import as_float_tensor, check_device, check_weight_shape
+from .._checks import as_float_tensor, check_device, check_dtype, check_weight_shape
 from ..linalg import (ROUNDING_FACTOR, gram_deviation, orthogonality_error, orthonormality_rounding,
                       random_orthogonal, semi_identity)
 from ..polar_projection import project_orthonormal
@@ -146,10 +146,14 @@ def entry_dtype(value: Any) -> torch.dtype | None:
 
 
 def check_input_dtype(x: torch.Tensor, weight: torch.Tensor) -> None:
-    """Raise :class:`TypeError` when ``x``'s dtype differs from the map's (``weight``'s) outside autocast (autocast
+    """Raise :class:`ValueError` when ``x``'s last dimension is not the map's ``in_features`` (``weight``'s columns);
+    raise :class:`TypeError` when ``x``'s dtype differs from the map's (``weight``'s) outside autocast (autocast
     casts float32 and half precision, never float64), with a
     message that says what to convert (a float64 map in a float32 model fails at ``F.linear`` with a message that
     names neither). A comparison of dtypes: no synchronisation, and ``torch.compile`` guards on it."""
+    if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"input must have in_features = {weight.shape[-1]} features in its last dimension, got shape "
+                         f"{tuple(x.shape)}")
     if x.dtype != weight.dtype and (torch.float64 in (x.dtype, weight.dtype) or not _autocast_enabled(x.device.type)):
         raise TypeError(f"input has dtype {x.dtype} but the map's weight has {weight.dtype}; convert one of them "
                         f"(x.to({weight.dtype}) or map.to({x.dtype})), or run a float32 map under torch.autocast")
@@ -160,12 +164,6 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device type
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-
-
-def check_dtype(dtype: Any) -> None:
-    """Raise :class:`TypeError` unless ``dtype`` (the constructor argument) is ``None`` or a floating dtype."""
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got {dtype!r}")
 
 
 def initial_weight(init: Any, out_features: int, in_features: int, *, dtype=None, device=None) -> torch.Tensor:

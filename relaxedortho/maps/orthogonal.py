@@ -134,8 +134,9 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         ns_steps: the most polynomial passes per re-projection (``"retraction"``, and the re-projection of a
             weight edited by hand) before the SVD takes over; default ``None``: 4
             (:data:`~relaxedortho.polar_projection.MAX_PASSES`). Each pass takes the cheapest Taylor degree whose
-            guaranteed error bound is at the dtype's rounding level (:math:`2\varepsilon\sqrt{k}`): one pass at
-            Adam's usual learning rates in float32, one or two in float64. Every re-projection reads two scalars
+            guaranteed error bound is at the dtype's rounding level
+            (:func:`~relaxedortho.polar_projection.default_tolerance`): one pass at Adam's usual learning rates in
+            float32, one or two in float64. Every re-projection reads two scalars
             (one synchronisation on a GPU). (In 0.1.0 this fixed a number of Newton–Schulz iterations;
             the name is kept for saved configurations.)
         project_gradient: project the gradient on the tangent space before the optimizer sees it

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_device, check_features
+from .._checks import check_device, check_features, check_positive
 from .._geoopt import geoopt
 from ..linalg import random_orthogonal
 from ..polar_projection import project_orthonormal_
@@ -38,6 +38,8 @@ def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
     ``lr`` in Frobenius norm, while Adam moves about ``lr`` per *entry*, i.e. :math:`lr\sqrt{pq}` in
     Frobenius norm (docs/math.md §4).
     """
+    lr = check_positive(lr, "lr")
+    in_features, out_features = check_features(in_features, "in_features"), check_features(out_features, "out_features")
     return lr * math.sqrt(in_features * out_features)
 
 
@@ -59,7 +61,8 @@ class StiefelLinear(AlignmentMap, nn.Module):
     :class:`~relaxedortho.OrthogonalLinear`): a step that wrote NaN or Inf is undone and raises
     :class:`FloatingPointError`; with ``canonical=True`` the weight is re-projected every
     :data:`CANONICAL_POLISH_EVERY` steps, which keeps it orthonormal to float32 rounding whichever optimizer
-    is used. A weight given by ``init``, :meth:`load_matrix_` or a loaded state is checked like every hard
+    is used (the steps since the last re-projection are counted in the buffers ``polish_steps`` and
+    ``polish_moved``, saved with the map, so that a reloaded map re-projects at the same steps). A weight given by ``init``, :meth:`load_matrix_` or a loaded state is checked like every hard
     map's (:func:`~relaxedortho.maps.base.orthonormal_entry`), and a weight edited by hand is projected back
     (:meth:`project_`) at the next forward pass.
 
@@ -91,6 +94,8 @@ class StiefelLinear(AlignmentMap, nn.Module):
         manifold = geoopt.Stiefel(canonical=self.canonical)
         self.stiefel_weight = geoopt.ManifoldParameter(self._to_stored(w0).clone(), manifold=manifold)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        if self.canonical:
+            _add_polish_buffers(self)
         self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
         self.register_load_state_dict_post_hook(_check_loaded_state)
         guard(self)
@@ -106,6 +111,8 @@ class StiefelLinear(AlignmentMap, nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # a deep copy or an unpickled map is guarded like the original
         self._before_step = None
+        if self.canonical and "polish_steps" not in self._buffers:  # pickled by an earlier version
+            _add_polish_buffers(self)
         guard(self)
         self._mark_exact()
 
@@ -126,12 +133,13 @@ class StiefelLinear(AlignmentMap, nn.Module):
         if not finite or not math.isfinite(moved):
             restore_before_step(self)
             raise FloatingPointError(non_finite_step_message("StiefelLinear"))
-        if self.canonical:
-            self._steps = self.__dict__.get("_steps", 0) + 1
-            self._moved = self.__dict__.get("_moved", 0.0) + moved
-            if self._steps >= CANONICAL_POLISH_EVERY or self._moved > CANONICAL_POLISH_DISTANCE:
-                self._steps, self._moved = 0, 0.0
+        if self.canonical:  # the counters are buffers: a saved and reloaded map polishes at the same steps
+            steps, total = int(self.polish_steps) + 1, float(self.polish_moved) + moved
+            if steps >= CANONICAL_POLISH_EVERY or total > CANONICAL_POLISH_DISTANCE:
+                steps, total = 0, 0.0
                 project_orthonormal_(w)
+            self.polish_steps.fill_(steps)
+            self.polish_moved.fill_(total)
         self._mark_exact()
 
     def _mark_exact(self) -> None:
@@ -181,9 +189,20 @@ class StiefelLinear(AlignmentMap, nn.Module):
                 f"canonical={self.canonical}")
 
 
+def _add_polish_buffers(module: StiefelLinear) -> None:
+    """``canonical=True``: the optimizer steps since the last re-projection and the distance they moved the weight
+    (buffers, so that a saved and reloaded map, or a resumed run, re-projects at the same steps)."""
+    w = module.stiefel_weight
+    module.register_buffer("polish_steps", torch.zeros((), dtype=torch.int64, device=w.device))
+    module.register_buffer("polish_moved", torch.zeros((), dtype=w.dtype, device=w.device))
+
+
 def _keep_state_before_load(module: StiefelLinear, state_dict, prefix, *args) -> None:
     # a copy of the map's own tensors, restored if the loaded weight is rejected (see _check_loaded_state)
     module._state_before_load = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if module.canonical:  # a state saved before the polish counters were buffers: start counting afresh
+        for name in ("polish_steps", "polish_moved"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(module, name)))
 
 
 @torch.no_grad()
