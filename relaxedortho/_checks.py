@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,18 @@ def as_float_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
     return t
 
 
+def check_int(value: Any, name: str, *, minimum: int = 1, none_means: str | None = None) -> int | None:
+    """An integer (Python or NumPy, never a bool) ``>= minimum``, returned as ``int``; ``None`` passes through
+    when ``none_means`` says what it means (it is then named in the error). Raises :class:`ValueError`."""
+    if value is None and none_means is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+        alt = f" or None ({none_means})" if none_means is not None else ""
+        raise ValueError(f"{name} must be {kind}{alt}, got {value!r}")
+    return int(value)
+
+
 def check_matrix(t: Any, name: str) -> None:
     """A floating tensor with at least 2 dimensions (a matrix or a batch of matrices): :class:`TypeError` for
     anything else than a floating tensor, :class:`ValueError` for fewer dimensions. No data is read (no
@@ -75,9 +88,7 @@ def check_dtype(dtype: Any, name: str = "dtype") -> None:
 
 def check_features(n: Any, name: str) -> int:
     """A positive integer feature count."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
+    return check_int(n, name)
 
 
 def check_nonnegative(value: Any, name: str, *, allow_inf: bool = False) -> float:
@@ -152,3 +163,18 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def as_state_dict(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
+    """``obj.state_dict()`` for an :class:`torch.nn.Module`, ``obj`` itself for a mapping of tensors, else a
+    :class:`TypeError` naming ``name`` (and the offending key)."""
+    from torch import nn
+
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        return obj
+    raise TypeError(f"{name} must be an nn.Module or a state_dict (a mapping of tensors), got {type(obj).__name__}")

@@ -20,12 +20,13 @@ environment variable ``RELAXEDORTHO_TRACEBACK=1`` to see its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from typing import Sequence
+
+from .files import write_json
 
 EXIT_ERROR = 1
 
@@ -105,7 +106,7 @@ def _check_output_file(path: str) -> str:
         raise CLIError(f"output {path} is a folder; give a file name")
     if not os.path.isdir(folder):
         raise CLIError(f"output folder {folder} does not exist")
-    from .demo import probe_writable
+    from .files import probe_writable
 
     try:
         probe_writable(folder)
@@ -147,12 +148,6 @@ def _backends():
 def _log(args, msg: str) -> None:
     if not getattr(args, "quiet", False):
         print(msg, file=sys.stderr, flush=True)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    from .demo import _atomic_write_text, _jsonable
-
-    _atomic_write_text(path, json.dumps(_jsonable(payload), indent=2) + "\n")
 
 
 def _load_pair(args, device):
@@ -282,7 +277,7 @@ def cmd_fit(args) -> int:
                 summary["retrieval_unmapped_source_vs_target"] = _loo_retrieval(X, Y, labels)
     save(module.cpu(), args.out)
     if args.json:
-        _write_json(args.json, summary)
+        write_json(args.json, summary)
     print(f"saved {summary['class']} ({summary['in_features']} -> {summary['out_features']}"
           f"{', bias' if summary['bias'] else ''}) to {args.out}")
     print(f"fit MSE (mean squared error per pair) {summary['fit_mse']:.6g}; "
@@ -377,7 +372,7 @@ def cmd_eval(args) -> int:
         print("compatibility (B(new)/old > old/old): " + ", ".join(
             f"{k} {'passed' if v else 'failed'}" for k, v in c.items() if v is not None))
     if args.json:
-        _write_json(args.json, result)
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -394,9 +389,9 @@ def cmd_sweep(args) -> int:
     import numpy as np
     import torch
 
-    from .demo import _writable_dir
+    from .files import writable_dir
 
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     device = _device(args.device)
     X, Y, labels = _load_pair(args, device)
     n = X.shape[0]
@@ -445,7 +440,7 @@ def cmd_sweep(args) -> int:
             report["source_self_top1"] = _loo_retrieval(X[val], X[val], lv)["top1"]
     plot = os.path.join(out, "sweep.png")
     _plot_sweep(report, plot)
-    _write_json(os.path.join(out, "sweep.json"), report)
+    write_json(os.path.join(out, "sweep.json"), report)
     print(f"{'λ':>8}{'train MSE':>12}{'val MSE':>12}{'‖G−I‖_F':>10}{'Gram dist.':>12}"
           + (f"{'top-1→tgt':>11}{'top-1 self':>11}" if labels is not None else ""))
     for r in results:
@@ -479,9 +474,9 @@ def _plot_sweep(report: dict, path: str) -> None:
     ax2.set_title("Distortion of the source geometry")
     ax2.legend(fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.9, wspace=0.28)  # tight_layout is slow
-    from .demo import atomic_savefig
+    from .files import save_figure
 
-    atomic_savefig(fig, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- demos
@@ -511,18 +506,10 @@ def cmd_compat_bench(args) -> int:
 
 def cmd_transfer_demo(args) -> int:
     """``relaxedortho transfer-demo``: run :func:`relaxedortho.transfer.run_transfer_demo`."""
-    try:
-        from .transfer import run_transfer_demo
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("relaxedortho.transfer",):
-            raise
-        raise CLIError("the transfer demo needs the module relaxedortho.transfer, which this installation "
-                       "does not have") from None
-    except ImportError as exc:
-        raise CLIError(f"the transfer demo is not available in this installation: {exc}") from None
-    from .demo import _writable_dir
+    from .files import writable_dir
+    from .transfer import run_transfer_demo
 
-    _writable_dir(args.out)
+    writable_dir(args.out)
     run_transfer_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
     print(f"Report: {os.path.join(args.out, 'report.json')}")
     return 0

@@ -43,11 +43,9 @@ trade-off (``lambda_tradeoff.png``) go to the output folder.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -56,6 +54,7 @@ import torch
 from torch import nn
 
 from ._checks import check_device
+from .files import save_figure, writable_dir, write_json
 from .data import DATASETS, load_digits, load_fashion_mnist
 
 from .closed_form import fit_closed_form
@@ -235,46 +234,6 @@ class _Progress:
                   flush=True)
 
 
-def _writable_dir(out: str | os.PathLike) -> str:
-    out = os.fspath(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe_writable(out)
-    except OSError as exc:
-        raise OSError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
-    return out
-
-
-def probe_writable(folder: str) -> None:
-    """Create and remove a temporary file in ``folder``; raises :class:`OSError` when it cannot be written."""
-    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-    os.close(fd)
-    os.remove(probe)
-
-
-def atomic_savefig(fig, path: str) -> None:
-    """Save a matplotlib figure as PNG through a temporary file and a rename (never a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 # ----------------------------------------------------------------------------------------------- main entry
 def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", data_dir=None, device: str = "cpu",
              seed: int = 0, quick: bool = False, new_width: int | None = None, progress: bool = True,
@@ -302,7 +261,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = check_device(device)
-    out = _writable_dir(out)
+    out = writable_dir(out)
     threads = torch.get_num_threads()
     if dev.type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(min(threads, cfg.cpu_threads))
@@ -504,21 +463,9 @@ def _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
     _plot_tradeoff(report, plot_path)
     report["files"] = {"report": os.path.join(out, REPORT_NAME), "plot": plot_path}
     report["seconds_total"] = round(time.perf_counter() - t_start, 2)
-    _atomic_write_text(os.path.join(out, REPORT_NAME), json.dumps(_jsonable(report), indent=2) + "\n")
+    write_json(os.path.join(out, REPORT_NAME), report)
     prog.step(f"wrote {report['files']['report']} and {plot_path}")
     return report
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf"
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -557,7 +504,7 @@ def _plot_tradeoff(report: dict, path: str) -> None:
     ax2.set_ylabel("‖AᵀA − I‖_F of B")
     ax2.set_title("Distance from orthogonality")
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.9, wspace=0.28)  # tight_layout is slow
-    atomic_savefig(fig, path)
+    save_figure(fig, path)
 
 
 def _fmt(v, width=7) -> str:

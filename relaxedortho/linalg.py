@@ -13,7 +13,7 @@ from numbers import Real
 
 import torch
 
-from ._checks import check_device, check_dtype, check_features, check_matrix
+from ._checks import check_device, check_dtype, check_features, check_int, check_matrix
 
 
 def small_gram(weight: torch.Tensor) -> torch.Tensor:
@@ -117,8 +117,7 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
     check_matrix(matrix, "matrix")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    check_int(steps, "steps", minimum=0)
     x = tall(matrix)
     fused = x.ndim == 2
     for _ in range(steps):

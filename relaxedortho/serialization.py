@@ -67,31 +67,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def write_payload(payload: dict, path: Any, what: str, *, make_dirs: bool = False) -> None:
-    """Write ``payload`` with :func:`torch.save` to ``path`` atomically (a temporary name in the same folder,
-    then :func:`os.replace`): an interrupted write never leaves a partial file.
+    """Write ``payload`` with :func:`torch.save` to ``path`` atomically (:func:`relaxedortho.files.atomic_write`:
+    an interrupted write never leaves a partial file).
 
     File-system failures raise an :class:`OSError` of the matching subclass whose message names the file (and
     the ``what`` it was to hold); ``make_dirs`` creates missing folders instead of failing.
     """
-    path = _path(path, what)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write the {what} to {path}: it is a folder; give a file name")
-    if not make_dirs and not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write the {what} to {path}: the folder {folder} does not exist")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        if make_dirs:
-            os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except OSError as exc:
-        reason = exc.strerror or _first_line(exc)
-        raise type(exc)(f"cannot write the {what} to {path}: {reason}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .files import write_torch
+
+    write_torch(_path(path, what), payload, what, make_dirs=make_dirs)
 
 
 def read_payload(path: Any, what: str, map_location: Any = "cpu") -> Any:

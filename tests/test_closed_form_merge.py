@@ -197,7 +197,7 @@ def test_save_load_round_trip_is_exact_and_weights_only(tmp_path):
     f32.save(tmp_path / "f32.pt")
     again = PairedMoments.load(os.fspath(tmp_path / "f32.pt"))
     assert again.dtype == torch.float32 and again.info["gemm_dtype"] == torch.float32 and not again.has_sums
-    assert not (tmp_path / "f32.pt.tmp-{}".format(os.getpid())).exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_shards_saved_by_other_jobs_merge_later(tmp_path):

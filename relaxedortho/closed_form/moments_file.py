@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import torch
 
+from ..files import write_torch
 from .streaming import PairedMoments
 
 FORMAT = "relaxedortho-moments"
@@ -33,14 +34,7 @@ def save_moments(m: PairedMoments, path: str | os.PathLike) -> None:
                "has_sums": bool(m.has_sums), "info": info,
                "tensors": {k: getattr(m, k).detach().to("cpu", torch.float64).clone()
                            for k in _TENSORS if getattr(m, k) is not None}}
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_torch(path, payload, "moments file")
 
 
 def load_moments(path: str | os.PathLike, device: torch.device | str | None = None) -> PairedMoments:

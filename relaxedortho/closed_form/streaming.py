@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import FLOAT_DTYPES, check_choice
+from .._checks import FLOAT_DTYPES, check_choice, check_device, check_int
 
 PRECISIONS = ("auto", "float64")
 
@@ -289,6 +289,8 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
     """
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if device is not None:
+        device = check_device(device)
     if group is not None or distributed:
         from .distributed import check_process_group, reduce_moments
 
@@ -326,9 +328,7 @@ def _accumulate(X: Any, Y: Any, need: frozenset, means: bool, chunk_size: Any, p
                 device: Any) -> PairedMoments | None:
     """The one pass of :func:`accumulate_moments` on this process's data (``None`` when there are no rows)."""
     check_choice(precision, "precision", PRECISIONS)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = check_int(chunk_size, "chunk_size", none_means="one chunk per array")
     if Y is not None:
         chunks = _array_chunks(X, Y, None if chunk_size is None else int(chunk_size))
         stream = False

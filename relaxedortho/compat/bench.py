@@ -31,7 +31,6 @@ A method is *compatible* when new→old beats old/old on CMC top-1 and on mAP (S
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -166,7 +165,6 @@ def _slerp(ext, baselines, methods, log) -> None:
 
 
 def _trained(ext, cfg, baselines, methods, log, seed) -> None:
-    from ..losses import influence_loss  # noqa: F401  (fail early if the losses are unavailable)
     from .bct import bct_loss, centroid_classifier, class_means, synthesized_classifier
     from .bt2 import BT2Model, bt2_loss
     from .oca import OCAModel, oca_loss
@@ -251,7 +249,7 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
     ``"ranking"`` (methods by new→old top-1), and the configuration.
     """
     from .._checks import check_device
-    from ..demo import _atomic_write_text, _writable_dir
+    from ..files import writable_dir, write_json
 
     t_start = time.perf_counter()
     note = None
@@ -261,7 +259,7 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
     else:
         cfg = config
     dev = check_device(device)
-    out = _writable_dir(out)
+    out = writable_dir(out)
     log = _Log(progress)
     if note:
         log(note)
@@ -305,7 +303,7 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
     _plot(report, plot)
     report["files"] = {"report": os.path.join(out, REPORT_NAME), "plot": plot}
     report["seconds_total"] = round(time.perf_counter() - t_start, 2)
-    _atomic_write_text(report["files"]["report"], json.dumps(report, indent=2) + "\n")
+    write_json(report["files"]["report"], report)
     log(f"wrote {report['files']['report']} and {plot}")
     return report
 
@@ -313,7 +311,7 @@ def run_compat_bench(out: str | os.PathLike = "compat-out", *, dataset: str = "a
 def _plot(report: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
-    from ..demo import atomic_savefig
+    from ..files import save_figure
 
     m, b = report["methods"], report["baselines"]
     fig = Figure(figsize=(11, 4.4), dpi=110)
@@ -347,7 +345,7 @@ def _plot(report: dict, path: str) -> None:
         ax2.set_title("Partial backfilling (FastFill / FCT)")
         ax2.legend(fontsize=7, loc="lower right")
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
-    atomic_savefig(fig, path)
+    save_figure(fig, path)
 
 
 def _f(v) -> str:

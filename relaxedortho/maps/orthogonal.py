@@ -56,7 +56,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .._checks import check_choice, check_device, check_features
+from .._checks import check_choice, check_device, check_features, check_int
 from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew_retraction_kind_for_norm,
                       spectral_norm_estimate, tall)
 from ..polar_projection import MAX_PASSES, project_orthonormal, project_orthonormal_
@@ -200,10 +200,8 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             raise ValueError("group='SO' is not available with method='householder' (its determinant sign is "
                              "fixed by the reflector pattern); use 'trivialization', 'retraction', 'cayley' or "
                              "'matrix_exp'")
-        if ns_steps is not None and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
-            raise ValueError(f"ns_steps must be a positive integer, got {ns_steps!r}")
-        if isinstance(polish_every, bool) or not isinstance(polish_every, int) or polish_every < 1:
-            raise ValueError(f"polish_every must be a positive integer, got {polish_every!r}")
+        ns_steps = check_int(ns_steps, "ns_steps", none_means=f"{MAX_PASSES} passes")
+        polish_every = check_int(polish_every, "polish_every")
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.method, self.group, self.ns_steps = method, group, ns_steps

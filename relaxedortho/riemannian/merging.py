@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .._checks import as_float_tensor, check_choice, check_nonnegative
+from .._checks import as_float_tensor, as_state_dict, check_choice, check_nonnegative
 from .cayley_chart import cayley, cayley_inverse
 from .group import _special_polar
 
@@ -337,17 +337,6 @@ def orthomerge(base: Any, experts: Any, *, magnitude: str = "mean", direction_we
     return _finite(rotated + merged_res, b.dtype)
 
 
-def _state(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
-        return obj
-    raise TypeError(f"{name} must be an nn.Module or a state_dict, got {type(obj).__name__}")
-
-
 def _check_entries(base_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], name: str) -> None:
     """Every floating-point entry of the base has a finite floating-point counterpart in ``state``."""
     for key, value in base_state.items():
@@ -403,7 +392,7 @@ def merge_models(base: nn.Module, experts: Sequence[Any], method: str = "orthome
     if unknown:
         raise TypeError(f"method={method!r} got unexpected options {unknown}; its options are {sorted(allowed)}")
     base_state = base.state_dict()
-    states = [_state(e, f"experts[{i}]") for i, e in enumerate(experts)]
+    states = [as_state_dict(e, f"experts[{i}]") for i, e in enumerate(experts)]
     for i, st in enumerate(states):
         check_same_layout(base_state, st, ("base", f"experts[{i}]"))
     _check_entries(base_state, base_state, "base")

@@ -62,11 +62,8 @@ LOSS_NAMES = ("backward_loss", "forward_loss", "supervised_contrastive")
 
 
 def _default_losses() -> Any:
-    try:
-        from .. import losses
-    except ImportError as exc:  # pragma: no cover - present once the losses module is merged
-        raise ImportError("the B/F pair objective needs relaxedortho.losses; pass losses=an object with "
-                          "backward_loss, forward_loss and supervised_contrastive") from exc
+    from .. import losses
+
     return losses
 
 

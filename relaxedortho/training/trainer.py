@@ -315,11 +315,6 @@ class Trainer:
         if self.metric is False or self.val is None:
             return None
         if self.metric is None:
-            try:
-                from .. import metrics  # noqa: F401
-            except ImportError as exc:  # pragma: no cover - present once the metrics module is merged
-                raise ImportError("the default validation metric needs relaxedortho.metrics; pass metric=callable "
-                                  "or metric=False") from exc
             return default_retrieval_metric
         return self.metric
 

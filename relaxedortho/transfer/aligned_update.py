@@ -43,10 +43,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import as_float_tensor, check_nonnegative, check_paired
+from .._checks import as_float_tensor, as_state_dict, check_nonnegative, check_paired
 from ..linalg import polar
 from ..maps import LambdaOrthoLinear
-from .task_vectors import _state_dict, check_module
+from .task_vectors import check_module
 
 
 def soft_orthogonal_map(features: int, *, beta: float = 1.0, init: Any = "identity", dtype=None,
@@ -230,7 +230,7 @@ def transfer_task_vector(target: nn.Module, tau: Mapping[str, torch.Tensor],
         ValueError: unknown layer names, missing ``tau`` entries, shapes that do not fit, uncovered keys.
     """
     check_module(target, "target")
-    tau = _state_dict(tau, "tau")
+    tau = as_state_dict(tau, "tau")
     if not isinstance(maps, Mapping) or not maps:
         raise TypeError(f"maps must be a non-empty mapping {{layer_name: (u_in, u_out)}}, got "
                         f"{type(maps).__name__ if not isinstance(maps, Mapping) else 'an empty mapping'}")

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_positive
+from .._checks import check_int, check_positive
 from ..training.trainer import NonFiniteLossError
 from ..training.history import TrainHistory
+from ..training.optimizers import make_optimizer
 from .aligned_update import transfer_maps
 from .task_vectors import check_module
 
@@ -43,35 +44,13 @@ def _check_data(inputs, labels, model, batch_size, generator):
         raise ValueError("inputs contain NaN or Inf values")
     if int(labels.min()) < 0:
         raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
+    check_int(batch_size, "batch_size", none_means="full batch")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
-def _optimizer(params: list[nn.Parameter], lr: float, maps: list[nn.Module]):
-    from .._geoopt import is_manifold_parameter
-
-    if not any(is_manifold_parameter(p) for m in maps for p in m.parameters()):  # no geoopt import for plain maps
-        return torch.optim.Adam(params, lr=lr)
-    from ..maps import StiefelLinear, riemannian_lr
-
-    stiefel = [m for m in maps if isinstance(m, StiefelLinear)]
-    if not stiefel:
-        return torch.optim.Adam(params, lr=lr)
-    from .._geoopt import geoopt
-
-    special = {id(m.stiefel_weight): m for m in stiefel}
-    groups = [{"params": [p for p in params if id(p) not in special], "lr": lr}]
-    groups += [{"params": [m.stiefel_weight], "lr": riemannian_lr(lr, m.in_features, m.out_features)}
-               for m in stiefel]
-    return geoopt.optim.RiemannianAdam([g for g in groups if g["params"]], lr=lr)
-
-
 def _steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return check_int(steps, "steps")
 
 
 def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, steps: int = 200,
@@ -104,8 +83,7 @@ def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     frozen = [(p, p.requires_grad) for p in model.parameters() if id(p) not in map_params]
     for p, _ in frozen:
         p.requires_grad_(False)
-    params = [p for p in map_params.values() if p.requires_grad]
-    opt = _optimizer(params, lr, maps)
+    opt = make_optimizer(nn.ModuleList(maps), lr)   # Adam; RiemannianAdam at riemannian_lr for Stiefel maps
     try:
         return _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator,
                                     extra=lambda: sum(u.regularizer() for u in maps) / len(maps))
