@@ -194,7 +194,7 @@ def lambda_equilibrium(lam: float, alpha: float, pull: float) -> float:
 
     Example:
         >>> round(lambda_equilibrium(2.0, 10.0, 1.0), 2)
-        1.7
+        1.72
         >>> lambda_equilibrium(2.0, 10.0, 100.0)
         inf
     """

@@ -85,7 +85,7 @@ def projection_bound(degree: int, beta: float) -> float:
 
     Example:
         >>> round(projection_bound(2, 0.1) / 0.1**2, 3)  # leading term 5/8 e^2 (third-order Newton–Schulz)
-        0.59
+        0.65
     """
     return sum(abs(c) * beta ** j for j, c in enumerate(_defect_coefficients(degree)))
 
