@@ -2,7 +2,10 @@ r"""Metrics of (compatible) retrieval: CMC, mAP, compatibility matrices, AC/AM a
 
 Every retrieval metric ranks a labelled gallery for each labelled query by **cosine similarity** of the
 L2-normalised features, :math:`s_{qg} = \langle \hat q, \hat g\rangle`, :math:`\hat x = x/\lVert x\rVert_2`
-(a zero vector stays zero and has similarity 0 with everything). A gallery item is *relevant* to a query
+(a zero vector stays zero and has similarity 0 with everything). Each row is first divided by its largest
+absolute entry, :math:`\hat x = \tilde x/\lVert\tilde x\rVert_2` with :math:`\tilde x = x/\lVert x\rVert_\infty`, so the
+norm never overflows or underflows: every metric is invariant to a positive scale of any row, for every finite
+input (float32 features of size 1e30 or 1e-30 rank exactly as at size 1). A gallery item is *relevant* to a query
 when both carry the same label.
 
 Conventions (stated once, used by every function here):
@@ -51,12 +54,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from numbers import Integral
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor
+from ._checks import as_float_tensor, check_bool
 
 __all__ = [
     "RetrievalReport", "retrieval_report", "cmc", "mean_average_precision",
@@ -91,6 +94,26 @@ class RetrievalReport:
 
 
 # ----------------------------------------------------------------------------------------------- validation
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    r"""The rows of ``x`` scaled to unit L2 norm without overflow or underflow (zero rows stay zero).
+
+    :math:`\hat x = \tilde x/\lVert\tilde x\rVert_2` with :math:`\tilde x = x/\lVert x\rVert_\infty`: the entries of
+    :math:`\tilde x` lie in [-1, 1] with one of modulus 1, so :math:`1 \le \lVert\tilde x\rVert_2 \le \sqrt d` and the
+    sum of squares can neither overflow nor underflow (``torch.nn.functional.normalize`` squares ``x`` itself:
+    it gives 0 for float32 rows of size 1e20 and rows of size ~1e-18 for rows of size 1e-30). The result is
+    invariant to a positive scale of any row up to rounding, for every finite input (the scale-invariant
+    equivalent of the LAPACK ``dnrm2`` scaling, Blue 1978).
+
+    >>> _unit_rows(torch.tensor([[3e30, 4e30], [0.0, 0.0]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000]])
+    """
+    scale = x.abs().amax(dim=-1, keepdim=True)
+    x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
+
 
 def _as_labels(labels: Any, name: str, n: int, device: torch.device) -> Any:
     """1-D labels as a torch integer tensor, or a NumPy array of hashables (strings) to be coded later."""
@@ -133,7 +156,12 @@ def _label_codes(ql: Any, gl: Any, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def _parse_topk(topk: Any) -> tuple[int, ...]:
-    ks = (topk,) if isinstance(topk, Integral) else tuple(topk)
+    if isinstance(topk, Integral) and not isinstance(topk, bool):
+        ks = (topk,)
+    elif isinstance(topk, Iterable) and not isinstance(topk, (str, bytes)):
+        ks = tuple(topk)
+    else:
+        raise ValueError(f"topk must be a positive integer or a sequence of them, got {topk!r}")
     if not ks:
         raise ValueError("topk must contain at least one k")
     for k in ks:
@@ -191,8 +219,8 @@ def _prepare(query: Any, gallery: Any, query_labels: Any, gallery_labels: Any, l
     dtype = torch.promote_types(q.dtype, g.dtype)
     if dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32
-    q = torch.nn.functional.normalize(q.to(dtype), dim=1)
-    g = torch.nn.functional.normalize(g.to(dtype), dim=1)
+    q = _unit_rows(q.to(dtype))
+    g = _unit_rows(g.to(dtype))
 
     qc, gc = _label_codes(ql, gl, device)
     n_classes = int(torch.cat([qc, gc]).max()) + 1
@@ -328,6 +356,7 @@ def retrieval_report(query: Any, gallery: Any, query_labels: Any, gallery_labels
     ({1: 1.0}, 1.0, 2, 1)
     """
     ks = _parse_topk(topk) if not (isinstance(topk, (tuple, list)) and len(topk) == 0) else ()
+    compute_map = check_bool(compute_map, "compute_map")
     p = _prepare(query, gallery, query_labels, gallery_labels, leave_one_out, chunk_size, max(ks, default=0))
     cmc_out, map_out = _evaluate(p, ks, compute_map)
     return RetrievalReport(cmc_out, map_out, int(p.query.shape[0]), p.n_without_relevant)
@@ -480,6 +509,10 @@ def compatibility_matrix_from_models(models: Sequence[Callable[[Any], Any]], que
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(models) == 0:
         raise ValueError("models must contain at least one model version")
+    for t, model in enumerate(models):
+        if not callable(model):
+            raise TypeError(f"models[{t}] must be a callable (a module or function mapping inputs to features), "
+                            f"got {type(model).__name__}")
     qf = [_embed(m, query_inputs, batch_size, f"models[{t}](query_inputs)") for t, m in enumerate(models)]
     gf = [_embed(m, gallery_inputs, batch_size, f"models[{t}](gallery_inputs)") for t, m in enumerate(models)]
     return compatibility_matrix(qf, gf, query_labels, gallery_labels, metric=metric, leave_one_out=leave_one_out,
@@ -577,7 +610,7 @@ def backfilling_order(gallery: Any, gallery_labels: Any, order: Any = "random", 
         if order == "distance":
             labels = _as_labels(gallery_labels, "gallery_labels", n, g.device)
             codes, _ = _label_codes(labels, labels, g.device)
-            x = torch.nn.functional.normalize(g.to(torch.float64), dim=1)
+            x = _unit_rows(g.to(torch.float64))
             n_classes = int(codes.max()) + 1
             sums = torch.zeros(n_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, codes, x)
             means = sums / torch.bincount(codes, minlength=n_classes).to(x.dtype)[:, None]
