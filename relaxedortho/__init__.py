@@ -27,7 +27,7 @@ _EXPORTS = {
     **dict.fromkeys(["TransferredLinear", "apply_task_vector", "merge_transferred", "procrustes_weight",
                      "run_transfer_demo", "soft_orthogonal_map", "task_vector", "train_transfer_maps",
                      "transfer_task_vector"], ".transfer"),
-    **dict.fromkeys(["karcher_mean", "chordal_mean", "geodesic", "merge_models", "weight_matching", "ConvergenceWarning"], ".riemannian"),
+    **dict.fromkeys(["karcher_mean", "chordal_mean", "geodesic", "merge_models", "weight_matching"], ".riemannian"),
     "ConvergenceWarning": ".exceptions",
 }
 _SUBMODULES = ["linalg", "penalties", "losses", "metrics", "similarity", "serialization", "maps", "closed_form",

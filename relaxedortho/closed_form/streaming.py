@@ -204,6 +204,15 @@ class PairedMoments:
         return load_moments(path, device)
 
 
+def check_moments(m: Any, name: str = "m") -> PairedMoments:
+    """``m`` when it is a :class:`PairedMoments`, else a one-line :class:`TypeError` (the solvers take moments,
+    not data)."""
+    if not isinstance(m, PairedMoments):
+        raise TypeError(f"{name} must be a PairedMoments (from accumulate_moments), got {type(m).__name__}; "
+                        "to fit from data use fit_closed_form")
+    return m
+
+
 def _is_array(x: Any) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
 
