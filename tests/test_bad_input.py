@@ -1296,7 +1296,6 @@ EXEMPT = {
     "relaxedortho.training.NonFiniteLossError": "an exception class, raised by the library",
     "relaxedortho.training.TrainingDivergedError": "an exception class, raised by the library",
     "relaxedortho.training.TrainHistory": "a record returned by the trainers",
-    "relaxedortho.ConvergenceWarning": "a warning class, issued by the library",
     "relaxedortho.training.SweepTable": "a record returned by lambda_sweep (plot_tradeoff's row checks its use)",
     "relaxedortho.closed_form.ClosedFormSolution": "a record returned by the solvers",
     "relaxedortho.closed_form.PairedMoments": "a record returned by accumulate_moments (the solvers' rows check "
