@@ -93,6 +93,14 @@ def test_rectangular_hard_maps_start_at_their_closed_form(cls, p, q):
     torch.testing.assert_close(m.bias, Y.mean(0) - X.mean(0) @ m.weight.T, rtol=0, atol=1e-10)
 
 
+def test_compressing_hard_map_falls_back_to_procrustes_above_the_threshold(monkeypatch):
+    X, Y, _ = embeddings(p=10, q=6, dtype=torch.float64)
+    monkeypatch.setattr(initialization, "RELAXED_START_MAX_ENTRIES", 59)
+    m = ro.OrthogonalLinear(10, 6, bias=True, dtype=torch.float64)
+    assert initialize_map(m, X, Y)["init"] == "centred_procrustes"
+    torch.testing.assert_close(m.weight, fit_closed_form(X, Y, kind="centered").weight, rtol=0, atol=1e-10)
+
+
 def test_lambda_map_starts_at_the_relaxed_closed_form_and_falls_back_above_the_threshold(monkeypatch):
     X, Y, _ = embeddings(dtype=torch.float64)
     m = ro.LambdaOrthoLinear(8, 8, lam=0.5, dtype=torch.float64)

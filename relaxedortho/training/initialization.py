@@ -13,8 +13,9 @@ The start of ``init="auto"`` (the default of the trainers), per map:
 - :class:`~relaxedortho.OrthogonalLinear` and :class:`~relaxedortho.StiefelLinear`, square or rectangular:
   Procrustes :math:`UV^\top` of :math:`X^\top Y` (Schönemann 1966), both signs of det allowed; ``group="SO"``:
   the best rotation (Kabsch 1976); ``method="householder"``: the best matrix of the weight's current det sign (its
-  reachable component); compressing maps (p > q): the majorization solver
-  (:func:`~relaxedortho.closed_form.solve_orthogonal_lsq`), never worse than :math:`UV^\top`. With a bias: on
+  reachable component); compressing maps (p > q) up to :data:`RELAXED_START_MAX_ENTRIES` weight entries: the
+  majorization solver (:func:`~relaxedortho.closed_form.solve_orthogonal_lsq`), never worse than
+  :math:`UV^\top`. With a bias: on
   centred data, :math:`b = \mu_y - \mu_x W`.
 - :class:`~relaxedortho.LambdaOrthoLinear` with a finite λ: the relaxed closed form at radius λ,
   :math:`\min \lVert XW - Y\rVert_F` s.t. :math:`\lVert G(W) - I\rVert_F\le\lambda`
@@ -40,8 +41,7 @@ The start is the optimum of the data term; training then minimises data term plu
 """
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
 import math
 import sys
 import time
@@ -53,9 +53,11 @@ from torch import nn
 #: The ``init`` values of :func:`initialize_map` (and of :class:`~relaxedortho.training.Trainer`).
 INITS = ("auto", "procrustes", "module")
 
-#: ``init="auto"`` starts a :class:`~relaxedortho.LambdaOrthoLinear` at the relaxed closed form only when its
-#: weight has at most this many entries (p·q); above, at the (centred) Procrustes map, and the returned record
-#: says so. The relaxed solver costs up to 500 SVDs of the p×q map: about 4 s at 128 × 128 on a shared 2-core CPU.
+#: ``init="auto"`` uses an iterative closed form only when the weight has at most this many entries (p·q): the
+#: relaxed closed form of a :class:`~relaxedortho.LambdaOrthoLinear`, and the least-squares solver of a compressing
+#: hard map (:func:`~relaxedortho.closed_form.solve_orthogonal_lsq`). Above, the (centred) Procrustes map, and the
+#: returned record says so. Each solver costs up to hundreds of SVDs of the p×q map: the relaxed one about 4 s at
+#: 128 × 128 on a shared 2-core CPU, the compressing one minutes at 2048 → 1024.
 RELAXED_START_MAX_ENTRIES = 128 * 128
 
 
@@ -104,18 +106,14 @@ def _procrustes(m, center: bool, kind: str, current: torch.Tensor | None) -> tup
     return polar_factor(M), name
 
 
-class _Centred:
-    """The moments of the centred data through the interface the closed-form solvers read: every method with a
-    ``center`` argument is called with ``center=True``; the rest is the wrapped moments'."""
-
-    def __init__(self, m) -> None:
-        self._m = m
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._m, name)
-        if callable(attr) and "center" in inspect.signature(attr).parameters:
-            return functools.partial(attr, center=True)
-        return attr
+def _centred(m):
+    """The moments of the centred rows (X - mu_x, Y - mu_y) as a :class:`PairedMoments`: zero shifts and sums, the
+    centred products as the shifted ones, so that the solvers' uncentred products are the centred ones."""
+    zx, zy = torch.zeros_like(m.sum_x), torch.zeros_like(m.sum_y)
+    return dataclasses.replace(
+        m, shift_x=zx, shift_y=zy, sum_x=zx.clone(), sum_y=zy.clone(), cross_shifted=m.cross(center=True),
+        gram_x_shifted=m.gram_x(center=True) if m.gram_x_shifted is not None else None,
+        gram_y_shifted=m.gram_y(center=True) if m.gram_y_shifted is not None else None, info=dict(m.info))
 
 
 def _moments(source: Any, target: Any, second_x: bool, chunk_size: int | None):
@@ -182,7 +180,7 @@ def initialize_map(module: nn.Module, source: Any, target: Any, *, init: str = "
         else:
             record["reason"] = (f"the weight has {p * q} entries, above RELAXED_START_MAX_ENTRIES = "
                                 f"{RELAXED_START_MAX_ENTRIES}: the relaxed closed form would be slow")
-    compressing_hard = bool(hard) and p > q and init == "auto"
+    compressing_hard = bool(hard) and p > q and init == "auto" and p * q <= RELAXED_START_MAX_ENTRIES
     m = _moments(source, target, solve_with != "procrustes" or compressing_hard, chunk_size)
     for have, want, name in ((m.in_features, p, "source"), (m.out_features, q, "target")):
         if have != want:
@@ -206,10 +204,10 @@ def initialize_map(module: nn.Module, source: Any, target: Any, *, init: str = "
 
         sol = solve_relaxed_frobenius(m, radius=module.lam, center=center)
         W, b, name = sol.W, sol.bias, "relaxed_closed_form"
-    elif hard and p > q and init == "auto":
+    elif compressing_hard:
         from ..closed_form import solve_orthogonal_lsq
 
-        sol = solve_orthogonal_lsq(_Centred(m) if center else m)
+        sol = solve_orthogonal_lsq(_centred(m) if center else m)
         W, name = sol.W, "centred_orthogonal_lsq" if center else "orthogonal_lsq"
         b = m.mean_y() - m.mean_x() @ W if center else None
     else:
