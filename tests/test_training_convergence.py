@@ -351,4 +351,7 @@ def test_trained_hard_map_reaches_procrustes(p, q, bias, seed, alpha, offset, cl
     else:
         ref = fit_closed_form(Xtr.double(), Ytr.double(), kind="orthogonal")
     assert m.orthogonality_error() < 1e-4
-    assert mse(m, Xev, Yev) <= mse(ref, Xev.double(), Yev) + 0.01 * variance(Yev)
+    # 1 % of the targets' variance, plus 0.1 % of the optimum itself: a bias-free map on offset data keeps a large
+    # residual, and Adam's steps around the optimum scale with that residual's gradient
+    best = mse(ref, Xev.double(), Yev)
+    assert mse(m, Xev, Yev) <= best + 0.01 * variance(Yev) + 1e-3 * best

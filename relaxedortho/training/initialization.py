@@ -181,6 +181,9 @@ def initialize_map(module: nn.Module, source: Any, target: Any, *, init: str = "
             record["reason"] = (f"the weight has {p * q} entries, above RELAXED_START_MAX_ENTRIES = "
                                 f"{RELAXED_START_MAX_ENTRIES}: the relaxed closed form would be slow")
     compressing_hard = bool(hard) and p > q and init == "auto" and p * q <= RELAXED_START_MAX_ENTRIES
+    if hard and p > q and init == "auto" and not compressing_hard:
+        record["reason"] = (f"the weight has {p * q} entries, above RELAXED_START_MAX_ENTRIES = "
+                            f"{RELAXED_START_MAX_ENTRIES}: the compressing least-squares solver would be slow")
     m = _moments(source, target, solve_with != "procrustes" or compressing_hard, chunk_size)
     for have, want, name in ((m.in_features, p, "source"), (m.out_features, q, "target")):
         if have != want:
