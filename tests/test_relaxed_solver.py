@@ -16,6 +16,7 @@ from relaxedortho.closed_form import (accumulate_moments, fit_closed_form, lambd
                                       solve_relaxed_frobenius, solve_relaxed_penalty)
 from relaxedortho.closed_form.singular_value_maps import (GRAM_FLOOR, ball_values, cubic_roots,
                                                           map_singular_values)
+from relaxedortho.closed_form.relaxed_solver import DEFAULT_TOL
 from relaxedortho.exceptions import ConvergenceWarning
 
 seeds = st.integers(0, 2**31 - 1)
@@ -129,7 +130,7 @@ def test_solver_reaches_the_reference_optimum_and_kkt_holds(problem):
     sol = SOLVERS[kind](m, **options(kind, par), center=True, solver="projected_gradient")
     A, M = m.gram_x(center=True).numpy(), m.cross(center=True).numpy()
     W = sol.W.numpy()
-    assert sol.info["converged"] and sol.info["residual"] <= 1e-7
+    assert sol.info["converged"] and sol.info["residual"] <= DEFAULT_TOL
     ref = reference_solve(A, M, kind, par, W0=solve_with_closed_form(m, kind, par))
     yy = float(((Y.astype(np.float64) - Y.mean(0)) ** 2).sum())
     F, F_ref = objective(A, M, W, kind, par) + yy, objective(A, M, ref, kind, par) + yy
@@ -224,11 +225,11 @@ def test_convergence_warning_at_max_iter():
     m = accumulate_moments(X, Y)
     with pytest.warns(ConvergenceWarning, match="max_iter=2"):
         sol = solve_relaxed_frobenius(m, radius=0.5, center=True, max_iter=2)
-    assert not sol.info["converged"] and sol.info["iterations"] == 2 and sol.info["residual"] > 1e-7
+    assert not sol.info["converged"] and sol.info["iterations"] == 2 and sol.info["residual"] > DEFAULT_TOL
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sol = solve_relaxed_frobenius(m, radius=0.5, center=True)
-    assert sol.info["converged"] and sol.info["residual"] <= 1e-7 and sol.info["iterations"] > 2
+    assert sol.info["converged"] and sol.info["residual"] <= DEFAULT_TOL and sol.info["iterations"] > 2
     with pytest.warns(ConvergenceWarning):
         lambda_init(X, Y, lam=0.5, max_iter=1)
     assert issubclass(ConvergenceWarning, UserWarning)
@@ -364,3 +365,24 @@ def test_map_singular_values_matches_the_svd(p, q, cond, seed):
     np.testing.assert_allclose(out.numpy(), (u * fn(sig)) @ v.T, atol=1e-9)
     np.testing.assert_allclose(np.sort(s), np.sort(fn(sig)), atol=1e-12)
     assert GRAM_FLOOR < 1e-3  # the Gram path is used only where it keeps 1e-8 relative accuracy
+
+
+def test_float32_first_phase_reaches_the_float64_optimum(monkeypatch):
+    """Large problems run a float32 phase first (to FLOAT32_SWITCH), then float64 to tol: same optimum."""
+    import relaxedortho.closed_form.relaxed_solver as rs
+    monkeypatch.setattr(rs, "_FLOAT32_MIN_SIZE", 1)  # use the float32 phase at this small size
+    rng = np.random.default_rng(16)
+    X, Y = embedding_like(rng, 300, 40, 30, cond=300.0, gain=2.0)
+    m = accumulate_moments(X, Y)
+    A, M = m.gram_x(center=True).numpy(), m.cross(center=True).numpy()
+    yy = float(((Y - Y.mean(0)) ** 2).sum())
+    mixed = solve_relaxed_frobenius(m, radius=0.5, center=True)
+    monkeypatch.setattr(rs, "FLOAT32_SWITCH", 0.0)  # float64 throughout
+    plain = solve_relaxed_frobenius(m, radius=0.5, center=True)
+    assert mixed.info["float32_iterations"] > 0 and plain.info["float32_iterations"] == 0
+    assert mixed.W.dtype == torch.float64 and mixed.info["converged"] and plain.info["converged"]
+    F_mixed = objective(A, M, mixed.W.numpy(), "ball", 0.5) + yy
+    F_plain = objective(A, M, plain.W.numpy(), "ball", 0.5) + yy
+    assert abs(F_mixed - F_plain) <= 1e-9 * F_plain
+    s = np.linalg.svd(mixed.W.numpy(), compute_uv=False)
+    assert np.sqrt(((s ** 2 - 1) ** 2).sum()) <= 0.5 * (1 + 1e-9)

@@ -180,9 +180,17 @@ def _band_kind(lower: float, upper: float) -> _Relaxed:
 
 
 def _ball_kind(radius: float) -> _Relaxed:
+    last = {"nu": None}  # the multiplier of the previous projection: the next one starts there
+
     def closed(sig, c):
         return ball_values(sig / c if c > 0 else np.zeros_like(sig), radius)[0]
-    return _Relaxed(f"relaxed_frobenius (radius={radius:g})", closed, lambda sig, t: (ball_values(sig, radius)[0], 0.0),
+
+    def prox(sig, t):
+        s, nu = ball_values(sig, radius, last["nu"])
+        if 0 < nu < math.inf:
+            last["nu"] = nu
+        return s, 0.0
+    return _Relaxed(f"relaxed_frobenius (radius={radius:g})", closed, prox,
                     single_value=1.0 if radius == 0 else None,
                     feasible=lambda s: float(((s * s - 1.0) ** 2).sum()) <= radius * radius)
 

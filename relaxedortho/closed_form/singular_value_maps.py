@@ -28,27 +28,38 @@ _EPS = float(np.finfo(np.float64).eps)
 #: accuracy in :math:`\sigma_k`: 1e-8 at this floor); below it, a full SVD.
 GRAM_FLOOR = 1e-4
 
+#: The same for float32 input (relative accuracy about 1e-5 in :math:`\sigma_k` at this floor); below it the
+#: float64 Gram path is used.
+GRAM_FLOOR_FLOAT32 = 0.05
+
 
 def cubic_roots(z: np.ndarray, c: float, mu: float) -> np.ndarray:
     r"""Elementwise positive root of :math:`2\mu s^3 + (c - 2\mu)s - z = 0` (``z`` ≥ 0, ``c`` ≥ 0, ``mu`` > 0
     finite; NumPy float64), i.e. the minimiser over :math:`s \ge 0` of :math:`c s^2 - 2zs + \mu(s^2 - 1)^2`.
 
-    The cubic :math:`g` is convex on :math:`s > 0` with :math:`g(0) = -z \le 0`; both :math:`\max(1, z/c)` and
-    :math:`1 + (z/2\mu)^{1/3}` lie at or right of the root (:math:`g \ge 0` there), so Newton's method from the
-    smaller of them decreases monotonically to the root, quadratically near it, to rounding.
+    The cubic :math:`g(s) = 2\mu s(s-1)(s+1) + cs - z` (evaluated in this factored form, without cancellation
+    at large μ) is convex on :math:`s > 0`, increasing right of
+    :math:`s_0 = \sqrt{\max(0, (2\mu - c)/6\mu)}`, with :math:`g(0) = -z \le 0`: Newton's method from any
+    start right of :math:`s_0` lands right of the root after one step and then decreases monotonically to it,
+    quadratically near it. The start is the linearisation at s = 1, :math:`1 + (z - c)/(4\mu + c)` (exact to
+    first order for z near c, the common case), or, when that is not right of :math:`s_0`, the upper bound
+    :math:`\min(1 + (z/2\mu)^{1/3}, \max(1, z/c))`.
     """
     z = np.asarray(z, dtype=np.float64)
     a = 2.0 * mu
-    s = 1.0 + np.cbrt(z / a)
+    s_min = math.sqrt(max(0.0, (a - c) / (3.0 * a)))
+    upper = 1.0 + np.cbrt(z / a)
     if c > 0:
         with np.errstate(over="ignore"):
-            s = np.minimum(s, np.maximum(1.0, z / c))
+            upper = np.minimum(upper, np.maximum(1.0, z / c))
+    s = 1.0 + (z - c) / (2.0 * a + c)
+    s = np.where(s > s_min * (1.0 + 1e-3) + 1e-300, s, upper)
     for _ in range(200):
-        g = a * s * (s - 1.0) * (s + 1.0) + c * s - z  # factored: no cancellation when mu is large
+        g = a * s * (s - 1.0) * (s + 1.0) + c * s - z
         dg = a * (3.0 * s * s - 1.0) + c
-        step = np.where((dg > 0) & (g > 0), g / np.where(dg > 0, dg, 1.0), 0.0)
-        s_new = np.maximum(s - step, 0.0)
-        if np.all(s - s_new <= 4 * _EPS * s):
+        step = np.where(dg > 0, g / np.where(dg > 0, dg, 1.0), 0.0)
+        s_new = np.maximum(s - step, s_min)
+        if np.all(np.abs(s - s_new) <= 4 * _EPS * s):
             return s_new
         s = s_new
     return s
@@ -65,7 +76,7 @@ def penalty_values(z: np.ndarray, c: float, mu: float) -> np.ndarray:
     return cubic_roots(z, c, mu)
 
 
-def ball_values(z: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
+def ball_values(z: np.ndarray, radius: float, nu0: float | None = None) -> tuple[np.ndarray, float]:
     r"""Euclidean projection of ``z`` ≥ 0 on :math:`\{s \ge 0: \sum_i (s_i^2 - 1)^2 \le r^2\}` and its
     multiplier ν (0 when ``z`` is inside, ∞ at r = 0).
 
@@ -74,7 +85,7 @@ def ball_values(z: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
     so ν is found by Newton's method on :math:`\log D` against :math:`\log \nu` (derivative
     :math:`D' = \sum_i 4 s_i (s_i^2-1)\, s_i'`, :math:`s_i' = -2s_i(s_i^2-1)/(6\nu s_i^2 + 1 - 2\nu)` from the
     implicit function theorem), safeguarded by bisection on a bracket, to rounding; the returned point is
-    feasible up to rounding.
+    feasible up to rounding. ``nu0`` is a start for ν (e.g. the multiplier of a nearby call).
     """
     z = np.asarray(z, dtype=np.float64)
     if radius == math.inf or _deviation(z) <= radius:
@@ -84,7 +95,7 @@ def ball_values(z: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
     lo, hi = 0.0, math.inf  # d(lo) > r >= d(hi), d = sqrt(D)
     s_hi = None
     # start: the linearisation s - 1 ~ (z - 1) / (1 + 4 nu) around s = 1
-    nu = max((2.0 * float(np.linalg.norm(z - 1.0)) / radius - 1.0) / 4.0, 1e-3)
+    nu = max((2.0 * float(np.linalg.norm(z - 1.0)) / radius - 1.0) / 4.0, 1e-3) if not nu0 else nu0
     s, d = z, math.inf
     for _ in range(300):
         s = cubic_roots(z, 1.0, nu)
@@ -133,14 +144,18 @@ def map_singular_values(V: torch.Tensor, fn: Callable[[np.ndarray], np.ndarray]
     the result is :math:`V\,\bar V\,\mathrm{diag}(\phi(\sigma)/\sigma)\,\bar V^\top`: one k×k eigendecomposition
     and two products instead of an SVD of V (about half the time at k = 512). The Gram squares the condition
     number, so when the smallest singular value is below :data:`GRAM_FLOOR` times the largest (or V = 0) a
-    full SVD is used instead.
+    full SVD is used instead; float32 input is computed in float32 above :data:`GRAM_FLOOR_FLOAT32` and in
+    float64 below it.
     """
     p, q = V.shape
     tall = p >= q
     C = V.mT @ V if tall else V @ V.mT
     beta, E = torch.linalg.eigh(C)
     sigma = beta.clamp_min(0).sqrt()
-    sig = sigma.cpu().numpy()
+    sig = sigma.cpu().numpy().astype(np.float64)
+    if V.dtype != torch.float64 and sig.size and sig[0] < GRAM_FLOOR_FLOAT32 * sig[-1]:
+        out, out_s = map_singular_values(V.to(torch.float64), fn)
+        return out.to(V.dtype), out_s
     if sig.size == 0 or not sig[-1] > 0 or sig[0] < GRAM_FLOOR * sig[-1]:
         u, s, vh = torch.linalg.svd(V, full_matrices=False)
         out_s = fn(s.cpu().numpy()[::-1].copy())[::-1].copy()  # ascending for fn, as on the Gram path
