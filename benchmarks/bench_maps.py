@@ -18,6 +18,7 @@ B = 1024; a hard map <= 2.5x, with drift <= 1e-5 after 1e4 steps at d = 128 and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -108,14 +109,19 @@ def weight_of(module) -> torch.Tensor:
     return module.weight
 
 
-def step_fn(module, opt, x, y):
+def step_fn(module, opt, x, y, autocast=None):
+    """One training step (MSE + the map's regularizer, backward, optimizer step) as a closure. ``autocast``: a
+    factory of the context manager around the forward pass and the loss (e.g. ``lambda: torch.autocast("cuda",
+    torch.bfloat16)``), the mixed-precision pattern; backward and the optimizer step run outside it."""
     reg = getattr(module, "regularizer", None)
+    enter = autocast or contextlib.nullcontext
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.mse_loss(module(x), y)
-        if reg is not None:
-            loss = loss + reg()
+        with enter():
+            loss = nn.functional.mse_loss(module(x), y)
+            if reg is not None:
+                loss = loss + reg()
         loss.backward()
         opt.step()
     return step
@@ -137,24 +143,31 @@ def time_step(name, d, batch, steps, warmup):
     return 1e3 * best
 
 
-def time_paired(name, d, batch, steps, warmup, repeats):
+def time_paired(name, d, batch, steps, warmup, repeats, *, autocast=None, sync=None):
     """Interleaved timing against ``nn.Linear`` + Adam: ``repeats`` rounds of ``steps`` steps of each (the order
     alternating), so a slow phase of a shared machine hits both. Returns the medians of the map's and the
-    baseline's ms/step and the median, min and max of the per-round ratios."""
+    baseline's ms/step and the median, min and max of the per-round ratios.
+
+    Tensors and modules go to the default device (``with torch.device("cuda"): time_paired(...)``);
+    ``autocast`` is passed to :func:`step_fn`; ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each
+    clock reading, so that asynchronous devices are timed to the end of their work."""
+    sync = sync or (lambda: None)
     torch.manual_seed(0)
     x, y = torch.randn(batch, d), torch.randn(batch, d)
     steps_of = {}
     for which in ("linear", name):
         module, opt = MAPS[which](d)
-        steps_of[which] = step_fn(module, opt, x, y)
+        steps_of[which] = step_fn(module, opt, x, y, autocast)
         for _ in range(warmup):
             steps_of[which]()
     times = {"linear": [], name: []}
     for r in range(repeats):
         for which in (("linear", name) if r % 2 == 0 else (name, "linear")):
+            sync()
             t0 = time.perf_counter()
             for _ in range(steps):
                 steps_of[which]()
+            sync()
             times[which].append(1e3 * (time.perf_counter() - t0) / steps)
     ratios = sorted(a / b for a, b in zip(times[name], times["linear"]))
     med = statistics.median

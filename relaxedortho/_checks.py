@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor_from_numpy(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``arr``'s memory when it is C-contiguous and writable, else over a writable contiguous
+    copy (PyTorch does not support tensors over read-only arrays such as ``np.load(..., mmap_mode="r")``, and
+    warns)."""
+    if not (arr.flags.c_contiguous and arr.flags.writeable):
+        arr = np.array(arr, order="C", copy=True)
+    return torch.from_numpy(arr)
 
 
 def as_float_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
@@ -29,7 +39,7 @@ def as_float_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
         arr = np.asarray(x)
         if arr.dtype.kind not in "f":
             raise TypeError(f"{name} must hold floating-point numbers, got NumPy dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = tensor_from_numpy(arr)
     else:
         raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -91,13 +101,52 @@ def check_weight_shape(weight: torch.Tensor, out_features: int, in_features: int
                          f"got {tuple(weight.shape)}")
 
 
-def check_device(device: Any, name: str = "device") -> torch.device:
-    """``device`` as a :class:`torch.device`; :class:`ValueError` if it does not parse, or names CUDA when PyTorch
-    sees no CUDA GPU (said at once, not at the first tensor moved there)."""
+def check_device(device: Any, name: str = "device", *, allow_auto: bool = False) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked at once rather than at the first tensor moved there.
+
+    Raises :class:`ValueError` when it does not parse, names CUDA while PyTorch sees no CUDA GPU, names a
+    CUDA index beyond the GPUs present, or names MPS where it is unavailable. With ``allow_auto``, ``None``
+    and ``"auto"`` mean CUDA when available, else CPU. The one device check of the library: every
+    ``device=`` argument goes through it.
+    """
+    if allow_auto and (device is None or (isinstance(device, str) and device == "auto")):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hint = "use " + ("auto, " if allow_auto else "") + "cpu, cuda or cuda:N"
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ValueError(f"unknown {name} {device!r}; {hint}")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown {name} {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name} 'cuda' requested but no CUDA GPU is available to PyTorch")
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown {name} {device!r}; {hint}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r} requested but no CUDA GPU is available to PyTorch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {str(device)!r} requested but PyTorch sees {torch.cuda.device_count()} "
+                             f"CUDA GPU(s) (indices from 0)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{name} {str(device)!r} requested but MPS is not available to PyTorch")
     return dev
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``True`` or ``False`` (NumPy booleans too): a truthy string such as ``"no"`` would otherwise silently mean
+    ``True``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def as_state_dict(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
+    """``obj.state_dict()`` for an :class:`torch.nn.Module`, ``obj`` itself for a mapping of tensors, else a
+    :class:`TypeError` naming ``name`` (and the offending key)."""
+    from torch import nn
+
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        return obj
+    raise TypeError(f"{name} must be an nn.Module or a state_dict (a mapping of tensors), got {type(obj).__name__}")

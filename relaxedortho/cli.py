@@ -7,20 +7,26 @@ Subcommands (``relaxedortho SUBCOMMAND --help`` is the full manual of each):
 - ``eval``: retrieval and compatibility metrics of a saved map on query/gallery feature files.
 - ``sweep``: a λ sweep of λ-orthogonal maps, as JSON and a plot.
 - ``transfer-demo``: the cross-model task-vector transfer demo (:mod:`relaxedortho.transfer`, when installed).
+- ``compat-bench``: the compatible-learning methods of the field side by side on one protocol
+  (:mod:`relaxedortho.compat`).
 
-Bad input (missing or unreadable files, mismatched rows, wrong label counts, NaN/Inf, an output place that
-cannot be written) ends with one line on stderr and exit status 1, never a traceback; outputs are written
-to a temporary name and renamed, so nothing half-written is left behind. Usage errors exit with status 2.
+Bad input (missing or unreadable files, mismatched rows, wrong label counts, NaN/Inf, data too large for the
+dtype, an output place that cannot be written) and failed fits (a diverged or non-finite training loss, a
+failed factorization) end with one line on stderr and exit status 1, never a traceback, and write no output;
+outputs are written to a temporary name and renamed, so nothing half-written is left behind. Usage errors
+exit with status 2. An unexpected internal error is also reported in one line (exit status 1); set the
+environment variable ``RELAXEDORTHO_TRACEBACK=1`` to see its traceback.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from typing import Sequence
+
+from .files import write_json
 
 EXIT_ERROR = 1
 
@@ -100,7 +106,7 @@ def _check_output_file(path: str) -> str:
         raise CLIError(f"output {path} is a folder; give a file name")
     if not os.path.isdir(folder):
         raise CLIError(f"output folder {folder} does not exist")
-    from .demo import probe_writable
+    from .files import probe_writable
 
     try:
         probe_writable(folder)
@@ -142,12 +148,6 @@ def _backends():
 def _log(args, msg: str) -> None:
     if not getattr(args, "quiet", False):
         print(msg, file=sys.stderr, flush=True)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    from .demo import _atomic_write_text, _jsonable
-
-    _atomic_write_text(path, json.dumps(_jsonable(payload), indent=2) + "\n")
 
 
 def _load_pair(args, device):
@@ -211,7 +211,18 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
         module = LambdaOrthoLinear(p, q, bias=bias is not False, lam=lam, dtype=X.dtype, device=X.device)
     else:
         module = AffineMap(p, q, bias=bias is not False, dtype=X.dtype, device=X.device)
-    fit_alignment(module, X, Y, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress)
+    from .training import NonFiniteLossError, TrainingDivergedError
+
+    try:
+        fit_alignment(module, X, Y, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress)
+    except TrainingDivergedError as exc:  # the library's advice names Python arguments: say it in options
+        h = exc.history
+        raise CLIError(f"training diverged: the last epoch's mean loss ({h.loss[-1]:.4g}) is far above the "
+                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {lr:g}; "
+                       f"try {lr / 10:g}) or rescale the data") from None
+    except NonFiniteLossError as exc:
+        raise CLIError(f"training failed: the loss became NaN or Inf at step {exc.step}; no map is saved. Use a "
+                       f"smaller --lr (now {lr:g}; try {lr / 10:g}) or rescale the data") from None
     return module
 
 
@@ -266,7 +277,7 @@ def cmd_fit(args) -> int:
                 summary["retrieval_unmapped_source_vs_target"] = _loo_retrieval(X, Y, labels)
     save(module.cpu(), args.out)
     if args.json:
-        _write_json(args.json, summary)
+        write_json(args.json, summary)
     print(f"saved {summary['class']} ({summary['in_features']} -> {summary['out_features']}"
           f"{', bias' if summary['bias'] else ''}) to {args.out}")
     print(f"fit MSE (mean squared error per pair) {summary['fit_mse']:.6g}; "
@@ -279,6 +290,17 @@ def cmd_fit(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- eval
+def _orthogonality_error(module) -> float:
+    """The map's ``orthogonality_error()``; for a plain ``nn.Linear`` (which relaxedortho.save also writes)
+    :func:`relaxedortho.linalg.orthogonality_error` of its weight."""
+    fn = getattr(module, "orthogonality_error", None)
+    if callable(fn):
+        return float(fn())
+    from .linalg import orthogonality_error
+
+    return float(orthogonality_error(module.weight.detach()))
+
+
 def cmd_eval(args) -> int:
     """``relaxedortho eval``: retrieval and compatibility metrics of a saved map; returns the exit status."""
     import torch
@@ -290,14 +312,7 @@ def cmd_eval(args) -> int:
     if args.json:
         _check_output_file(args.json)
     device = _device(args.device)
-    if not os.path.isfile(args.map):
-        raise CLIError(f"map file not found: {args.map}")
-    try:
-        module = load(args.map, map_location="cpu")
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    except Exception as exc:  # torch.load raises several types on corrupt files
-        raise CLIError(f"cannot read map file {args.map}: {str(exc).splitlines()[0][:200]}") from None
+    module = load(args.map, map_location="cpu")  # OSError / ValueError naming the file: one line in main()
     module = module.to(device).eval()
     q_new = load_features(args.query, "query features")
     g_old = load_features(args.gallery, "gallery features")
@@ -341,7 +356,7 @@ def cmd_eval(args) -> int:
             rows["B(new)/B(new)"] = metrics(BQ, module(T(g_new)))
             rows["new/new"] = metrics(T(q_new), T(g_new))
     result = {"map_file": args.map, "map_class": type(module).__name__,
-              "orthogonality_error": module.orthogonality_error(), "n_query": int(q_new.shape[0]),
+              "orthogonality_error": _orthogonality_error(module), "n_query": int(q_new.shape[0]),
               "n_gallery": int(g_old.shape[0]), "metrics": rows}
     if q_old is not None:
         ref, new = rows["old/old"], rows["B(new)/old"]
@@ -357,7 +372,7 @@ def cmd_eval(args) -> int:
         print("compatibility (B(new)/old > old/old): " + ", ".join(
             f"{k} {'passed' if v else 'failed'}" for k, v in c.items() if v is not None))
     if args.json:
-        _write_json(args.json, result)
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -374,9 +389,9 @@ def cmd_sweep(args) -> int:
     import numpy as np
     import torch
 
-    from .demo import _writable_dir
+    from .files import writable_dir
 
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     device = _device(args.device)
     X, Y, labels = _load_pair(args, device)
     n = X.shape[0]
@@ -425,7 +440,7 @@ def cmd_sweep(args) -> int:
             report["source_self_top1"] = _loo_retrieval(X[val], X[val], lv)["top1"]
     plot = os.path.join(out, "sweep.png")
     _plot_sweep(report, plot)
-    _write_json(os.path.join(out, "sweep.json"), report)
+    write_json(os.path.join(out, "sweep.json"), report)
     print(f"{'λ':>8}{'train MSE':>12}{'val MSE':>12}{'‖G−I‖_F':>10}{'Gram dist.':>12}"
           + (f"{'top-1→tgt':>11}{'top-1 self':>11}" if labels is not None else ""))
     for r in results:
@@ -459,9 +474,9 @@ def _plot_sweep(report: dict, path: str) -> None:
     ax2.set_title("Distortion of the source geometry")
     ax2.legend(fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.9, wspace=0.28)  # tight_layout is slow
-    from .demo import atomic_savefig
+    from .files import save_figure
 
-    atomic_savefig(fig, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- demos
@@ -477,20 +492,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_compat_bench(args) -> int:
+    """``relaxedortho compat-bench``: run :func:`relaxedortho.compat.bench.run_compat_bench` and print its table."""
+    from .compat.bench import format_table, run_compat_bench
+
+    report = run_compat_bench(args.out, dataset=args.dataset, quick=args.quick, seed=args.seed,
+                              data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+    print(format_table(report))
+    print(f"\nReport: {report['files']['report']}\nPlot:   {report['files']['plot']}\n"
+          f"({report['seconds_total']:.1f} s)")
+    return 0
+
+
 def cmd_transfer_demo(args) -> int:
     """``relaxedortho transfer-demo``: run :func:`relaxedortho.transfer.run_transfer_demo`."""
-    try:
-        from .transfer import run_transfer_demo
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("relaxedortho.transfer",):
-            raise
-        raise CLIError("the transfer demo needs the module relaxedortho.transfer, which this installation "
-                       "does not have") from None
-    except ImportError as exc:
-        raise CLIError(f"the transfer demo is not available in this installation: {exc}") from None
-    from .demo import _writable_dir
+    from .files import writable_dir
+    from .transfer import run_transfer_demo
 
-    _writable_dir(args.out)
+    writable_dir(args.out)
     run_transfer_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
     print(f"Report: {os.path.join(args.out, 'report.json')}")
     return 0
@@ -558,12 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
             "  digits         scikit-learn's bundled 8x8 handwritten digits (1797 images; no download)\n"
             "  fashion-mnist  Fashion-MNIST from local IDX files (train-images-idx3-ubyte[.gz] etc.), as installed\n"
             "                 by the Debian package dataset-fashion-mnist in /usr/share/datasets/fashion-mnist;\n"
-            "                 --data-dir for another folder. Nothing is downloaded."),
+            "                 --data-dir for another folder. Nothing is downloaded.\n"
+            "  text           model upgrade on real text: shipped embeddings of two pretrained sentence encoders\n"
+            "                 (old all-MiniLM-L6-v2, new multilingual-e5-small) of Debian package descriptions;\n"
+            "                 short descriptions query long ones; no model is trained, only the maps."),
         epilog="examples:\n  relaxedortho demo\n  relaxedortho demo --out /tmp/demo --seed 3 --quiet\n"
                "  relaxedortho demo --new-width 48\n"
-               "  relaxedortho demo --dataset fashion-mnist --data-dir ~/data/fashion-mnist --device cuda")
+               "  relaxedortho demo --dataset fashion-mnist --data-dir ~/data/fashion-mnist --device cuda\n"
+               "  relaxedortho demo --dataset text --out text-out")
     d.add_argument("--out", default="demo-out", help="output folder for report.json and lambda_tradeoff.png")
-    d.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits", help="image dataset")
+    d.add_argument("--dataset", choices=("digits", "fashion-mnist", "text"), default="digits",
+                   help="image dataset, or text (sentence-encoder embeddings)")
     d.add_argument("--data-dir", default=None,
                    help="folder with the Fashion-MNIST files (default: /usr/share/datasets/fashion-mnist)")
     d.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -681,24 +705,74 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="reduced size (a smoke test)")
     t.add_argument("--quiet", action="store_true", help="no progress display")
     t.set_defaults(func=cmd_transfer_demo)
+
+    # compat-bench -------------------------------------------------------------------------------------
+    c = sub.add_parser(
+        "compat-bench", formatter_class=_Formatter, help="compatible-learning methods side by side",
+        description=(
+            "Class-extension protocol (BCT/FCT/BT2/OCA): an old CNN trained on half of the classes, a larger new CNN\n"
+            "(other seed) on all classes, both frozen. Runs, on the same split: Procrustes and the λ-orthogonal B/F\n"
+            "pair (maps new -> old), FCT and FastFill (old gallery transformed into the new space, FastFill's\n"
+            "uncertainty-ordered partial backfilling), SLERP (training-free query interpolation), and three new\n"
+            "models trained to be compatible: BCT, OCA and BT2. Reports CMC top-1/top-5 and mAP for old/old,\n"
+            "new/new and, per method, new->old (against the gallery embedded by the old model) and the method's\n"
+            "own new/new; compatible = new->old beats old/old on top-1 and mAP.\n\n"
+            "Output: the table on stdout, OUT/report.json ('baselines' {old_old, new_new}, 'methods' {name:\n"
+            "{top1_new_old, map_new_old, top1_new_new, compatible, ...}}, 'backfilling', 'ranking') and\n"
+            "OUT/compat_tradeoff.png. The seed fixes the split, the initialisations and the batch order (digits runs\n"
+            "reproduce to the last digit on one machine).\n\n"
+            "datasets:\n"
+            "  auto           Fashion-MNIST when its files are found, else the bundled digits (digits with --quick)\n"
+            "  digits         scikit-learn's bundled 8x8 digits (1797 images; no download)\n"
+            "  fashion-mnist  Fashion-MNIST IDX files as installed by the Debian package dataset-fashion-mnist\n"
+            "                 (/usr/share/datasets/fashion-mnist) or in --data-dir. Nothing is downloaded."),
+        epilog="examples:\n  relaxedortho compat-bench --out compat-out --quick\n"
+               "  relaxedortho compat-bench --out compat-out --dataset fashion-mnist --data-dir ~/data/fmnist")
+    c.add_argument("--out", default="compat-out", help="output folder for report.json and compat_tradeoff.png")
+    c.add_argument("--dataset", choices=("auto", "digits", "fashion-mnist"), default="auto", help="image dataset")
+    c.add_argument("--data-dir", default=None,
+                   help="folder with the Fashion-MNIST files (default: /usr/share/datasets/fashion-mnist)")
+    c.add_argument("--quick", action="store_true", help="short schedules (about half a minute on digits)")
+    c.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (split, models, maps)")
+    c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    c.set_defaults(func=cmd_compat_bench)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``relaxedortho`` console script; returns the exit status."""
-    from .data import DataFileError
+def _is_library_error(exc: BaseException) -> bool:
+    """Errors that report bad input or a failed fit (printed as they are): :class:`CLIError`, data-file and
+    value errors, file-system errors, arithmetic failures (a non-finite or diverged training loss) and failed
+    factorizations (:class:`torch.linalg.LinAlgError`)."""
+    if isinstance(exc, (CLIError, OSError, ValueError, ArithmeticError)):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.linalg.LinAlgError)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relaxedortho`` console script; returns the exit status.
+
+    Every error ends as one line on stderr, ``relaxedortho COMMAND: error: ...``, and exit status 1 (usage
+    errors: argparse's message and status 2). Errors that are not bad input or a failed fit are bugs: they are
+    reported as "internal error" in one line too, with their traceback when ``RELAXEDORTHO_TRACEBACK=1``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, DataFileError, OSError, ValueError) as exc:  # not TypeError: that is a bug
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"relaxedortho {args.command}: error: {msg}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"relaxedortho {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if not _is_library_error(exc):
+            if os.environ.get("RELAXEDORTHO_TRACEBACK") == "1":
+                raise
+            msg = (f"internal error ({type(exc).__name__}: {msg}); please report it, with the output of the "
+                   f"command run again with RELAXEDORTHO_TRACEBACK=1")
+        print(f"relaxedortho {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ Feature files (:func:`load_features`) hold one 2-D floating array of embeddings,
 =============  ================================================================================
 
 Label files (:func:`load_labels`) hold one integer label per row: the same formats, or a text file
-(``.txt``/``.csv``/``.tsv``, one label per line).
+(``.txt``/``.csv``/``.tsv``, one label per line; a line with several columns is refused, not cut).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-DATASETS = ("digits", "fashion-mnist")
+DATASETS = ("digits", "fashion-mnist", "text")
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 LABEL_SUFFIXES = FEATURE_SUFFIXES + (".txt", ".csv", ".tsv")
@@ -179,13 +179,25 @@ def _read_array(spec: str | os.PathLike, what: str, *, mmap: bool = True, text_o
             if t.dtype == torch.bfloat16:
                 t = t.float()
             return t.numpy()
-        # text labels
+        # text labels: one integer per line, nothing else (a second column would be silently dropped)
+        labels = []
         with open(path, encoding="utf-8") as fh:
-            tokens = [ln.strip().split(",")[0].split("\t")[0] for ln in fh if ln.strip()]
-        try:
-            return np.array([int(t) for t in tokens], dtype=np.int64)
-        except ValueError:
-            raise DataFileError(f"{what} file {path} must hold one integer per line") from None
+            for lineno, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text:
+                    continue
+                problem = None
+                if len(text.replace("\t", ",").replace(";", ",").split(",")) != 1 or len(text.split()) != 1:
+                    problem = "has several columns"
+                else:
+                    try:
+                        labels.append(int(text))
+                    except ValueError:
+                        problem = "is"
+                if problem:
+                    raise DataFileError(f"{what} file {path} must hold one integer per line (a label); line "
+                                        f"{lineno} {problem} {text[:40]!r}")
+        return np.array(labels, dtype=np.int64)
     except DataFileError:
         raise
     except Exception as exc:  # NumPy/torch/zip raise many types for corrupt files

@@ -24,6 +24,11 @@ representation learning", CVPR 2020, for the protocol):
    old gallery) and :math:`B(new)/B(new)` (both mapped). A map is *compatible* when
    :math:`M(B(\phi^Q_{new}), \phi^G_{old}) > M(\phi^Q_{old}, \phi^G_{old})` (Shen et al. 2020).
 
+The ``"text"`` dataset is the **model-upgrade** scenario on real pretrained encoders: steps 1–2 are replaced by
+the shipped embeddings of :mod:`relaxedortho.datasets` (old: all-MiniLM-L6-v2, new: multilingual-e5-small, on
+Debian package descriptions; short descriptions are the queries, long ones the gallery, a query's relevant
+document is its own package's), and steps 3–4 run unchanged on them; no model is trained.
+
 Band maps are fitted by projected gradient with the singular-value clip as the projection (exact Euclidean
 projection onto the band), started from the clipped least-squares closed form and warm-started along the
 path from the tightest band to the loosest. With step :math:`1/L` every projected-gradient step does not
@@ -38,19 +43,18 @@ trade-off (``lambda_tradeoff.png``) go to the output folder.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._checks import check_device
+from .files import save_figure, writable_dir, write_json
 from .data import DATASETS, load_digits, load_fashion_mnist
 
 from .closed_form import fit_closed_form
@@ -85,6 +89,9 @@ class DemoConfig:
     #: start every trained backward map at the closed-form Procrustes map (else a random orthogonal matrix)
     warm_start: bool = True
     old_classes: tuple = field(default_factory=tuple)
+    #: text dataset: what makes a gallery document relevant to a query — ``"item"`` (its own package's
+    #: description) or ``"section"`` (any package of its Debian section)
+    relevance: str = "item"
     #: CPU threads while the demo runs. The digits matrices are tiny, so one thread avoids the synchronisation
     #: overhead, which dominates on a busy machine; ``None`` keeps PyTorch's setting.
     cpu_threads: int | None = 1
@@ -96,6 +103,11 @@ def scenario(dataset: str = "digits", *, quick: bool = False, new_width: int | N
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     if dataset == "digits":
         cfg = DemoConfig()
+    elif dataset == "text":
+        if new_width is not None:
+            raise ValueError("new_width applies to the image datasets; the text encoders' widths are fixed "
+                             "by the shipped embeddings")
+        cfg = DemoConfig(dataset="text", width=384, map_epochs=15, map_batch=256, band_steps=25)
     else:
         cfg = DemoConfig(dataset="fashion-mnist", width=64, hidden=192, model_epochs=5, model_batch=128,
                          map_epochs=10, map_batch=256, max_train=12000, max_eval=5000,
@@ -106,6 +118,8 @@ def scenario(dataset: str = "digits", *, quick: bool = False, new_width: int | N
         cfg.band_steps = max(20, cfg.band_steps // 4)
         cfg.lams = (0.0, 1.0, 4.0)
         cfg.band_eps = (0.05, 0.5, 3.0)
+        if dataset == "text":      # each band step is an SVD of a 384 x 384 matrix
+            cfg.band_steps = 5
     if new_width is not None:
         if isinstance(new_width, bool) or not isinstance(new_width, int) or new_width <= 0:
             raise ValueError(f"new_width must be a positive integer, got {new_width!r}")
@@ -220,46 +234,6 @@ class _Progress:
                   flush=True)
 
 
-def _writable_dir(out: str | os.PathLike) -> str:
-    out = os.fspath(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe_writable(out)
-    except OSError as exc:
-        raise OSError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
-    return out
-
-
-def probe_writable(folder: str) -> None:
-    """Create and remove a temporary file in ``folder``; raises :class:`OSError` when it cannot be written."""
-    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-    os.close(fd)
-    os.remove(probe)
-
-
-def atomic_savefig(fig, path: str) -> None:
-    """Save a matplotlib figure as PNG through a temporary file and a rename (never a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 # ----------------------------------------------------------------------------------------------- main entry
 def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", data_dir=None, device: str = "cpu",
              seed: int = 0, quick: bool = False, new_width: int | None = None, progress: bool = True,
@@ -268,8 +242,10 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
 
     Args:
         out: output folder (created if needed; checked for writability before any work).
-        dataset: ``"digits"`` (bundled with scikit-learn, default) or ``"fashion-mnist"`` (local files,
-            see :mod:`relaxedortho.data`).
+        dataset: ``"digits"`` (bundled with scikit-learn, default), ``"fashion-mnist"`` (local files,
+            see :mod:`relaxedortho.data`) or ``"text"`` (shipped sentence-encoder embeddings, see
+            :mod:`relaxedortho.datasets`; the report adds ``old_model``, ``new_model``, ``corpus`` and
+            ``relevance``).
         data_dir: folder of the Fashion-MNIST files when not in the Debian location.
         device: ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
         seed: seeds the split, both models and every map; the same seed gives the same report numbers on
@@ -285,7 +261,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = check_device(device)
-    out = _writable_dir(out)
+    out = writable_dir(out)
     threads = torch.get_num_threads()
     if dev.type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(min(threads, cfg.cpu_threads))
@@ -296,6 +272,8 @@ def run_demo(out: str | os.PathLike = "demo-out", *, dataset: str = "digits", da
 
 
 def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
+    if cfg.dataset == "text":
+        return _run_text(out, cfg, dev, seed, progress, t_start)
     from sklearn.model_selection import train_test_split
 
     n_maps = 4 + len(cfg.lams) + len(cfg.band_eps)
@@ -343,6 +321,43 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
     ql, gl = y[q].cpu().numpy(), y[g].cpu().numpy()
     H_new, H_old = new.embed(X[tr]), old.embed(X[tr])          # training pairs for the maps
     Q_new, Q_old, G_new, G_old = new.embed(X[q]), old.embed(X[q]), new.embed(X[g]), old.embed(X[g])
+    about = {"protocol": "class extension: old model on classes {}, new model on all; cosine retrieval; "
+                         "queries from held-out images, gallery from the rest".format(list(old_classes)),
+             "n_train": int(len(idx_tr)), "n_query": int(len(idx_q)), "n_gallery": int(len(idx_g))}
+    return _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
+                            H_new, H_old, Q_new, Q_old, G_new, G_old)
+
+
+def _run_text(out, cfg, dev, seed, progress, t_start) -> dict:
+    """The model-upgrade scenario on the shipped sentence-encoder embeddings (:mod:`relaxedortho.datasets`)."""
+    from .datasets import load_text_embeddings
+
+    prog = _Progress(progress, 4 + len(cfg.lams) + len(cfg.band_eps) + 4)
+    torch.manual_seed(seed)
+    d = load_text_embeddings()
+    ql, gl = d.labels(cfg.relevance)
+
+    def t(x):
+        return torch.from_numpy(x).to(dev)
+
+    H_new, H_old, Q_new, Q_old, G_new, G_old = map(t, (d.train_new, d.train_old, d.query_new, d.query_old,
+                                                       d.gallery_new, d.gallery_old))
+    cfg = replace(cfg, width=H_old.shape[1], new_width=H_new.shape[1])
+    relevance = ("a query's relevant document is its own package's" if cfg.relevance == "item"
+                 else "relevant documents are those of the query's Debian section")
+    about = {"protocol": f"model upgrade: gallery indexed by the old encoder, queries by the new one; cosine "
+                         f"retrieval of long descriptions by short descriptions; {relevance}",
+             "n_train": int(H_new.shape[0]), "n_query": int(Q_new.shape[0]), "n_gallery": int(G_new.shape[0]),
+             "old_model": d.old_model, "new_model": d.new_model, "corpus": d.corpus, "relevance": cfg.relevance}
+    prog.step(f"text: {about['n_train']} training pairs, {about['n_query']} queries, {about['n_gallery']} gallery "
+              f"documents; old {d.old_model} ({cfg.width}-d), new {d.new_model} ({cfg.new_width}-d)")
+    return _maps_and_report(out, cfg, dev, seed, prog, t_start, about, cfg.new_width, ql, gl,
+                            H_new, H_old, Q_new, Q_old, G_new, G_old)
+
+
+def _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
+                     H_new, H_old, Q_new, Q_old, G_new, G_old) -> dict:
+    """Baselines, every map of the spectrum, the forward map, the report and the plot, from paired features."""
     baselines = {"old_old": _retrieval(Q_old, G_old, ql, gl),
                  "new_old": (_retrieval(Q_new, G_old, ql, gl) if new_w == cfg.width
                              else {"top1": None, "top5": None, "map": None, "applicable": False}),
@@ -435,9 +450,7 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
 
     report = {
         "dataset": cfg.dataset, "seed": int(seed), "device": str(dev),
-        "protocol": "class extension: old model on classes {}, new model on all; cosine retrieval; "
-                    "queries from held-out images, gallery from the rest".format(list(old_classes)),
-        "n_train": int(len(idx_tr)), "n_query": int(len(idx_q)), "n_gallery": int(len(idx_g)),
+        **about,
         "old_width": cfg.width, "new_width": new_w,
         "baselines": baselines, "maps": maps, "forward": forward,
         "compatibility_criterion": "B(new)/old > old/old (CMC top-1 and mAP), Shen et al. 2020",
@@ -450,21 +463,9 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
     _plot_tradeoff(report, plot_path)
     report["files"] = {"report": os.path.join(out, REPORT_NAME), "plot": plot_path}
     report["seconds_total"] = round(time.perf_counter() - t_start, 2)
-    _atomic_write_text(os.path.join(out, REPORT_NAME), json.dumps(_jsonable(report), indent=2) + "\n")
+    write_json(os.path.join(out, REPORT_NAME), report)
     prog.step(f"wrote {report['files']['report']} and {plot_path}")
     return report
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf"
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -503,7 +504,7 @@ def _plot_tradeoff(report: dict, path: str) -> None:
     ax2.set_ylabel("‖AᵀA − I‖_F of B")
     ax2.set_title("Distance from orthogonality")
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.9, wspace=0.28)  # tight_layout is slow
-    atomic_savefig(fig, path)
+    save_figure(fig, path)
 
 
 def _fmt(v, width=7) -> str:
@@ -513,8 +514,14 @@ def _fmt(v, width=7) -> str:
 def format_table(report: dict) -> str:
     """The compatibility table as plain text (baselines, then each backward map, then the forward map)."""
     b = report["baselines"]
+    kind = "documents" if "old_model" in report else "images"
     lines = [f"Compatibility table — {report['dataset']}, seed {report['seed']}: {report['n_query']} queries, "
-             f"{report['n_gallery']} gallery images (cosine; CMC top-1 / mAP)", ""]
+             f"{report['n_gallery']} gallery {kind} (cosine; CMC top-1 / mAP)"]
+    if "old_model" in report:
+        lines += [f"old model: {report['old_model']} ({report['old_width']}-d)",
+                  f"new model: {report['new_model']} ({report['new_width']}-d)",
+                  f"corpus: {report['corpus']}; relevance: {report['relevance']}"]
+    lines.append("")
     head = f"{'query/gallery':<40}{'top-1':>7}{'mAP':>7}   {'B(new)/B(new)':>13}{'mAP':>7}{'‖G−I‖_F':>9}" \
            f"{'fit MSE':>9}  compatible"
     lines.append(head)

@@ -23,15 +23,20 @@ processes, so DDP's gradient averaging yields exactly the gradient of the global
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_positive
+from ._lazy import lazy_exports
 
-from .training.distributed import gather_with_grad  # noqa: E402  (re-exported: one implementation)
+# gather_with_grad is re-exported (one implementation, in training/distributed.py) and imported at first use:
+# importing the losses does not import the training package.
+__getattr__, __dir__ = lazy_exports(__name__, {"gather_with_grad": "relaxedortho.training.distributed"})
+if TYPE_CHECKING:
+    from .training.distributed import gather_with_grad
 
 __all__ = ["backward_loss", "forward_loss", "supervised_contrastive", "influence_loss", "gather_with_grad"]
 
@@ -40,6 +45,10 @@ _REDUCTIONS = ("mean", "sample_mean", "sum")
 
 def _squared_error(pred: torch.Tensor, target: torch.Tensor, reduction: str, names: tuple[str, str]) -> torch.Tensor:
     check_choice(reduction, "reduction", _REDUCTIONS)
+    for name, t in zip(names, (pred, target)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            got = f"dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
     if pred.shape != target.shape:
         raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {tuple(pred.shape)} and "
                          f"{tuple(target.shape)}")
@@ -211,6 +220,9 @@ def influence_loss(new_features_mapped: torch.Tensor, labels: Any, old_classifie
                          f"got dtype {y.dtype} and shape {tuple(y.shape)}")
     x = new_features_mapped
     if isinstance(old_classifier, nn.Module):
+        n_in = getattr(old_classifier, "in_features", None)
+        if isinstance(n_in, int) and n_in != x.shape[-1]:
+            raise ValueError(f"old_classifier expects {n_in} features, got {x.shape[-1]}")
         state = {k: v.detach() for k, v in old_classifier.named_parameters()}
         state.update({k: v for k, v in old_classifier.named_buffers()})
         logits = torch.func.functional_call(old_classifier, state, (x,))
@@ -226,4 +238,7 @@ def influence_loss(new_features_mapped: torch.Tensor, labels: Any, old_classifie
         if weight.shape[1] != x.shape[-1]:
             raise ValueError(f"old_classifier expects {weight.shape[1]} features, got {x.shape[-1]}")
         logits = F.linear(x, weight.detach(), None if bias is None else bias.detach())
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]):
+        raise ValueError(f"labels must be class indices in [0, {logits.shape[-1]}) of old_classifier's "
+                         f"{logits.shape[-1]} classes, got values in [{int(y.min())}, {int(y.max())}]")
     return F.cross_entropy(logits, y.long(), reduction=reduction)

@@ -178,3 +178,122 @@ def test_cuda_tensors_and_mixed_stream():
     torch.testing.assert_close(m2.weight.cpu(), fit_closed_form(X, Y).weight, atol=1e-10, rtol=0)
     m3 = fit_closed_form(Xg.float(), Yg.float(), kind="relaxed_frobenius", radius=0.5)
     assert m3.weight.device.type == "cuda" and m3.weight.dtype == torch.float32
+
+
+# ---- scale: finite data of any magnitude (float32 overflow / underflow in the chunk products) ----
+
+MOMENTS = ("cross", "gram_x", "gram_y")
+
+
+def _embedding_like(rng, n, p, q, offset=3.0):
+    """Anisotropic (power-law column scales), offset, a planted map with det -1 plus noise."""
+    X = rng.standard_normal((n, p)) * np.geomspace(1.0, 1e-2, p) + offset
+    W = np.linalg.qr(rng.standard_normal((p, q)))[0]
+    W[:, 0] *= -1
+    return X, X @ W + 0.1 * rng.standard_normal((n, q)) - offset
+
+
+def _rel_err(m, ref, name, center, factor=1.0):
+    a, b = getattr(m, name)(center), getattr(ref, name)(center) * factor
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("k", [-100, -70, -45, 60, 80, 100])
+def test_power_of_two_scale_gives_exactly_scaled_moments(k):
+    """Data times 2^k (exact in float32): the moments are 4^k times those at scale 1, bit for bit, also where
+    the float32 products overflow (k > 0) or underflow (k < 0) and the chunk takes the scaled path."""
+    rng = np.random.default_rng(11)
+    X, Y = _embedding_like(rng, 3000, 6, 5)
+    X = (np.round(X * 1024) / 1024).astype(np.float32)  # multiples of 2^-10 below 2^12: X 2^k stays normal
+    Y = (np.round(Y * 1024) / 1024).astype(np.float32)
+    s = np.float32(2.0 ** k)
+    assert np.array_equal((X * s) / s, X)
+    base = accumulate_moments(X, Y, second_moments=("x", "y"), chunk_size=700)
+    m = accumulate_moments(X * s, Y * s, second_moments=("x", "y"), chunk_size=700)
+    assert base.info["scaled_chunks"] == 0 and m.info["scaled_chunks"] > 0
+    assert base.info["shifted"] == m.info["shifted"] == (True, True)
+    for name in ("shift_x", "shift_y", "sum_x", "sum_y"):
+        torch.testing.assert_close(getattr(m, name), getattr(base, name) * 2.0 ** k, rtol=0, atol=0)
+    for name in ("cross_shifted", "gram_x_shifted", "gram_y_shifted"):
+        torch.testing.assert_close(getattr(m, name), getattr(base, name) * 4.0 ** k, rtol=0, atol=0)
+
+
+@given(exponent=st.integers(-30, 30), seed=seeds, dtype=st.sampled_from([np.float32, "bfloat16"]),
+       chunk=st.sampled_from([None, 97]))
+def test_moments_at_any_scale_are_as_accurate_as_at_scale_one(exponent, seed, dtype, chunk):
+    """float32 (and bfloat16) data at 1e-30 … 1e30: the fast path's moments equal the float64-GEMM moments of the
+    same data to float32-GEMM accuracy, and those equal scale² × the moments at scale 1 (up to the rounding
+    of the data); no error blames the finite data."""
+    rng = np.random.default_rng(seed)
+    X, Y = _embedding_like(rng, 400, 5, 4)
+    scale = 10.0 ** exponent
+
+    def data(s):
+        xs, ys = torch.from_numpy(X * s), torch.from_numpy(Y * s)
+        tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        return xs.to(tdt), ys.to(tdt)
+
+    xs, ys = data(scale)
+    m = accumulate_moments(xs, ys, second_moments=("x", "y"), chunk_size=chunk)
+    ref = accumulate_moments(xs, ys, second_moments=("x", "y"), chunk_size=chunk, precision="float64")
+    unit = accumulate_moments(*data(1.0), second_moments=("x", "y"), precision="float64")
+    data_eps = 8e-3 if dtype == "bfloat16" else 1e-6  # the rounding of X * scale to the input dtype
+    for name in MOMENTS:
+        for center in (False, True):
+            assert _rel_err(m, ref, name, center) < 1e-5, (name, center)
+            assert _rel_err(ref, unit, name, center, scale ** 2) < data_eps * (20 if center else 1), (name, center)
+    if abs(exponent) <= 10:  # ordinary magnitudes keep the fast path
+        assert m.info["scaled_chunks"] == 0
+    if abs(exponent) >= 20:  # float32 products overflow (1e40) or lose everything to underflow (1e-40)
+        assert m.info["scaled_chunks"] > 0
+
+
+def test_float32_reproducer_of_issue_11():
+    """×1e30 used to raise 'Y contains NaN or Inf values' (the float32 XᵀY overflowed) or return Inf moments;
+    ×1e-30 used to return zeros (every product underflowed)."""
+    rng = np.random.default_rng(3)
+    X, Y = _embedding_like(rng, 2000, 8, 6)
+    X, Y = X.astype(np.float32), Y.astype(np.float32)
+    for s in (np.float32(1e30), np.float32(1e-30)):
+        ref = fit_closed_form(X.astype(np.float64) * float(s), Y.astype(np.float64) * float(s))
+        m = fit_closed_form(X * s, Y * s)  # kind="orthogonal": uncentred, no sums
+        assert float((m.weight.detach().double() - ref.weight.detach()).abs().max()) < 1e-5
+        mom = accumulate_moments(X * s, Y * s, second_moments=("x", "y"))
+        assert all(bool(torch.isfinite(getattr(mom, k)()).all()) and bool(getattr(mom, k)().abs().max() > 0)
+                   for k in MOMENTS)
+
+
+def test_nan_in_huge_or_tiny_data_is_still_reported():
+    rng = np.random.default_rng(4)
+    chunks = [(rng.standard_normal((50, 3)).astype(np.float32) * np.float32(1e30),
+               rng.standard_normal((50, 2)).astype(np.float32) * np.float32(1e30)) for _ in range(3)]
+    bad = list(chunks)
+    y = chunks[2][1].copy()
+    y[3, 1] = np.inf
+    bad[2] = (chunks[2][0], y)
+    for kind in ("orthogonal", "affine"):
+        with pytest.raises(ValueError, match=r"Y \(chunk 2\) contains NaN or Inf"):
+            fit_closed_form(bad, kind=kind)
+    x = chunks[1][0] * np.float32(1e-60)
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"X \(chunk 1\) contains NaN or Inf"):
+        accumulate_moments([chunks[0], (x, chunks[1][1])])
+
+
+def test_float64_data_beyond_float64_moments_raise_a_clear_error():
+    """float64 inputs: moments of data near 1e±140 are exact (scaled path); beyond what float64 can hold the
+    error says so and never blames the (finite) data."""
+    rng = np.random.default_rng(5)
+    X, Y = _embedding_like(rng, 500, 4, 3)
+    unit = accumulate_moments(X, Y, second_moments=("x", "y"))
+    for s in (1e140, 1e-140):
+        m = accumulate_moments(X * s, Y * s, second_moments=("x", "y"), chunk_size=128)
+        for name in MOMENTS:
+            for center in (False, True):
+                assert _rel_err(m, unit, name, center, s * s) < 1e-12
+    with pytest.raises(ValueError, match="overflow float64 .*finite"):
+        accumulate_moments(X * 1e160, Y * 1e160)
+    with pytest.raises(ValueError, match="underflow float64"):
+        accumulate_moments(X * 1e-170, Y * 1e-170)
+    with pytest.raises(ValueError, match="overflow float64"):
+        fit_closed_form(X * 1e300, Y, kind="affine")  # the sums overflow too; the first chunk's mean does not

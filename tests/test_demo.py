@@ -50,7 +50,7 @@ def test_report_schema_and_ranges(demo_run):
     assert on_disk["forward"]["top1"] is not None and _in_unit(on_disk["forward"]["top1"])
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    assert not list(out.glob(".tmp-*")), "temporary files left behind"
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name], "temporary files left behind"
     assert "old/old" in format_table(report) and "new/old (unmapped)" in format_table(report)
 
 

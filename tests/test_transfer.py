@@ -347,8 +347,13 @@ def test_transfer_bad_input_messages():
 
 
 # ------------------------------------------------------------------------------------------------- the demo
-def test_quick_demo_writes_the_schema(tmp_path, capsys):
+def test_quick_demo_writes_the_schema(tmp_path, capsys, monkeypatch):
+    from relaxedortho.transfer import experiment
+
+    threads, seen, run_once = torch.get_num_threads(), [], experiment._run_once
+    monkeypatch.setattr(experiment, "_run_once", lambda *a: seen.append(torch.get_num_threads()) or run_once(*a))
     report = run_transfer_demo(tmp_path, seed=0, quick=True, progress=False)
+    assert seen == [1] and torch.get_num_threads() == threads  # one thread while it runs, restored after
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["accuracy"] == report["accuracy"]
     acc = on_disk["accuracy"]

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
-from . import linear, procrustes, relaxed
+from . import linear, permutation, procrustes, relaxed
+from .._checks import check_device
+from .distributed import solve_once
 from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
 
@@ -24,6 +26,7 @@ _KINDS = {
     "relaxed_penalty": (relaxed.solve_relaxed_penalty, ("x",), False),
     "relaxed_band": (relaxed.solve_relaxed_band, ("x",), False),
     "relaxed_frobenius": (relaxed.solve_relaxed_frobenius, ("x",), False),
+    "permutation": (permutation.solve_permutation, ("x", "y"), True),
 }
 
 #: The kinds :func:`fit_closed_form` knows.
@@ -70,7 +73,8 @@ def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **option
 
 
 def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_size: int | None = None,
-                    precision: str = "auto", device: torch.device | str | None = None, **options: Any):
+                    precision: str = "auto", device: torch.device | str | None = None, group: Any = None,
+                    distributed: bool = False, **options: Any):
     r"""Fit a closed-form alignment ``X → Y`` and return it as a map module (``m(X) ≈ Y``).
 
     Args:
@@ -80,6 +84,11 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
             :func:`~relaxedortho.closed_form.accumulate_moments`.
         kind: one of :data:`KINDS` (below).
         chunk_size, precision, device: passed to :func:`~relaxedortho.closed_form.accumulate_moments`.
+        group, distributed: fit on the shards of every process of a :mod:`torch.distributed` process group
+            (``group=``, or ``distributed=True`` for the default group; never implied): ``X, Y`` are this
+            process's shard, the moments are summed over the group, rank 0 solves and every process gets
+            the same map, bit for bit (:mod:`relaxedortho.closed_form.distributed`). Every process must
+            make the same call.
         options: the kind's knobs (below). Unknown options raise ``TypeError``.
 
     Kinds (row convention, :math:`M = X^\top Y = U\Sigma V^\top`) and their options:
@@ -98,6 +107,9 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
     - ``"relaxed_band"``: singular values clipped to [``lower``, ``upper``] (aliases ``a``, ``b``) or the band
       of a spectral ``epsilon``.
     - ``"relaxed_frobenius"``: :math:`\lVert G(W) - I\rVert_F \le` ``radius`` (bisection on the multiplier).
+    - ``"permutation"``: the (signed) permutation matching units by :func:`scipy.optimize.linear_sum_assignment`;
+      options ``signed`` (sign flips), ``score`` (``"correlation"`` or ``"cross"``); a partial permutation when
+      p ≠ q (:mod:`relaxedortho.closed_form.permutation`).
 
     The relaxed kinds also take ``center`` (fit a bias), ``solver`` (``"auto"``: closed form when X is whitened,
     else projected gradient), ``whitened_tol``, ``max_iter``, ``tol`` (see
@@ -117,6 +129,8 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    if device is not None:
+        device = check_device(device)
     _options(kind, options)  # validate option names before the pass over the data
     for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon"):
         if key in options:  # numeric knobs: fail before reading the data
@@ -129,5 +143,7 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         raise ValueError(f"the band needs {name_l} <= {name_u}, got {name_l}={lower!r} > {name_u}={upper!r}")
     means = _KINDS[kind][2] or bool(options.get("center", False))
     moments = accumulate_moments(X, Y, second_moments=_KINDS[kind][1], means=means, chunk_size=chunk_size,
-                                 precision=precision, device=device)
-    return solve_closed_form(moments, kind, **options).to_module(moments.dtype)
+                                 precision=precision, device=device, group=group, distributed=distributed)
+    solution = solve_once(lambda: solve_closed_form(moments, kind, **options), device=moments.device,
+                          group=group, distributed=distributed)
+    return solution.to_module(moments.dtype)

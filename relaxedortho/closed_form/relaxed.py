@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_device, check_nonnegative
+from .distributed import solve_once
 from .relaxed_solver import DEFAULT_MAX_ITER, DEFAULT_TOL, minimize_spectral
 from .singular_value_maps import ball_values, band_values, map_singular_values, penalty_values
 from .solution import ClosedFormSolution
@@ -86,8 +87,28 @@ def penalty_singular_values(sigma: torch.Tensor, c: float, mu: float) -> torch.T
     decreases monotonically to it (float64; the short vector is solved on the CPU;
     :func:`~relaxedortho.closed_form.singular_value_maps.cubic_roots`).
     """
-    z = sigma.detach().to("cpu", torch.float64).numpy()
-    return torch.from_numpy(penalty_values(z, float(c), float(mu))).to(sigma.device, sigma.dtype)
+    c = check_nonnegative(c, "c")
+    mu = check_nonnegative(mu, "mu", allow_inf=True)
+    z = _singular_values_arg(sigma, "sigma")
+    if mu == math.inf:
+        return torch.ones_like(sigma)
+    if mu == 0 and c == 0:
+        raise ValueError("penalty_singular_values needs c > 0 or mu > 0 (c = mu = 0 has no minimiser)")
+    if mu == 0:
+        return sigma / c
+    return torch.from_numpy(penalty_values(z, c, mu)).to(sigma.device, sigma.dtype)
+
+
+def _singular_values_arg(z: Any, name: str) -> np.ndarray:
+    """``z`` as a float64 NumPy vector of finite values >= 0, or a one-line error naming ``name``."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of singular values, got {type(z).__name__}")
+    zz = z.detach().to("cpu", torch.float64).reshape(-1).numpy()
+    if not np.isfinite(zz).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if (zz < 0).any():
+        raise ValueError(f"{name} must be >= 0 (singular values), got a minimum of {zz.min()!r}")
+    return zz
 
 
 def frobenius_deviation_of(s: torch.Tensor) -> float:
@@ -104,8 +125,9 @@ def frobenius_singular_values(z: torch.Tensor, radius: float) -> torch.Tensor:
     iteration on its logarithm so that :math:`\sum (s_i^2 - 1)^2 = r^2` to rounding
     (:func:`~relaxedortho.closed_form.singular_value_maps.ball_values`).
     """
-    zz = z.detach().to("cpu", torch.float64).numpy()
-    return torch.from_numpy(ball_values(zz, float(radius))[0]).to(z.device, z.dtype)
+    radius = check_nonnegative(radius, "radius", allow_inf=True)
+    zz = _singular_values_arg(z, "z")
+    return torch.from_numpy(ball_values(zz, radius)[0]).to(z.device, z.dtype)
 
 
 def _svd_map(M: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -137,6 +159,18 @@ def projected_gradient(A: torch.Tensor, M: torch.Tensor, sv_map: Callable[[torch
     (:class:`~relaxedortho.exceptions.ConvergenceWarning`) and returns the best point. Returns ``(W, info)``
     (``info``: ``iterations``, ``residual``, ``converged``, ``objective`` (including ``yy``), ``envelope``, ``step``).
     """
+    for name, v in (("A", A), ("M", M), ("W0", W0)):
+        if not isinstance(v, torch.Tensor) or v.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D torch.Tensor, got "
+                             f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+    p, q = M.shape
+    if A.shape != (p, p):
+        raise ValueError(f"A must be p×p = {p}×{p} for M of shape {p}×{q}, got {tuple(A.shape)}")
+    if W0.shape != (p, q):
+        raise ValueError(f"W0 must have the shape of M, {p}×{q}, got {tuple(W0.shape)}")
+    max_iter = _check_max_iter(max_iter)
+    tol = check_nonnegative(tol, "tol")
+    mu = check_nonnegative(mu, "mu", allow_inf=True)
     yy = 0.0 if yy is None else float(yy)
 
     def prox(sig: np.ndarray, t: float):
@@ -204,6 +238,12 @@ def _moments(m: PairedMoments, center: bool):
     return A, M
 
 
+def _check_max_iter(max_iter: Any) -> int:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    return int(max_iter)
+
+
 def _finish(m: PairedMoments, W: torch.Tensor, center: bool, info: dict) -> ClosedFormSolution:
     bias = m.mean_y() - m.mean_x() @ W if center else None
     return ClosedFormSolution(W, bias, info=info)
@@ -211,11 +251,13 @@ def _finish(m: PairedMoments, W: torch.Tensor, center: bool, info: dict) -> Clos
 
 def _solve(m: PairedMoments, kind: _Relaxed, center: bool, solver: str, whitened_tol: float, max_iter: int,
            tol: float) -> ClosedFormSolution:
+    if not isinstance(m, PairedMoments):
+        raise TypeError(f"solve_{kind.name.split(' ')[0]} needs the PairedMoments of accumulate_moments as m, got "
+                        f"{type(m).__name__} (for raw X, Y: accumulate_moments(X, Y) first)")
     check_choice(solver, "solver", SOLVERS)
     whitened_tol = check_nonnegative(whitened_tol, "whitened_tol")
     tol = check_nonnegative(tol, "tol")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    max_iter = _check_max_iter(max_iter)
     A, M = _moments(m, center)
     p, q = M.shape
     c = float(torch.trace(A)) / p
@@ -272,7 +314,6 @@ def solve_relaxed_band(m: PairedMoments, *, lower: float = 0.0, upper: float = m
     return _solve(m, _band_kind(lower, upper), center, solver, whitened_tol, max_iter, tol)
 
 
-
 def solve_relaxed_frobenius(m: PairedMoments, *, radius: float, center: bool = False, solver: str = "auto",
                             whitened_tol: float = WHITENED_TOL, max_iter: int = DEFAULT_MAX_ITER,
                             tol: float = DEFAULT_TOL) -> ClosedFormSolution:
@@ -285,11 +326,10 @@ def solve_relaxed_frobenius(m: PairedMoments, *, radius: float, center: bool = F
     return _solve(m, _ball_kind(radius), center, solver, whitened_tol, max_iter, tol)
 
 
-
-
 def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True, solver: str = "auto",
                 chunk_size: int | None = None, device: torch.device | str | None = None,
-                max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, **module_kwargs):
+                max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, group: Any = None,
+                distributed: bool = False, **module_kwargs):
     r"""A :class:`~relaxedortho.LambdaOrthoLinear` with tolerance ``lam`` started at the Frobenius-ball
     relaxed Procrustes solution of the same radius: :math:`\lVert G(W) - I\rVert_F \le \lambda` — the map the
     λ-orthogonality penalty aims at, before any training.
@@ -299,6 +339,8 @@ def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True,
     the map is put (default: where the data are); ``solver``, ``max_iter``, ``tol`` go to
     :func:`solve_relaxed_frobenius`; other keyword arguments go to the :class:`~relaxedortho.LambdaOrthoLinear`
     constructor (``alpha``, ``gate``, ``penalty_weight``, ``dtype``, ...).
+    ``group=`` / ``distributed=True``: fit on the shards of every process of a :mod:`torch.distributed`
+    process group, as in :func:`~relaxedortho.closed_form.fit_closed_form` (the same map on every process).
 
     Example:
         >>> import torch
@@ -313,10 +355,12 @@ def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True,
     if "bias" in module_kwargs:
         raise TypeError("lambda_init sets the bias from center= (True: fitted bias, False: no bias); drop bias=")
     dev = None if device is None else check_device(device)
-    m = accumulate_moments(X, Y, second_moments=("x",), chunk_size=chunk_size, device=dev)
+    m = accumulate_moments(X, Y, second_moments=("x",), chunk_size=chunk_size, device=dev, group=group,
+                           distributed=distributed)
     if center and m.n < 2:
         raise ValueError("center=True needs at least 2 rows (X has fewer)")
-    sol = solve_relaxed_frobenius(m, radius=lam, center=center, solver=solver, max_iter=max_iter, tol=tol)
+    sol = solve_once(lambda: solve_relaxed_frobenius(m, radius=lam, center=center, solver=solver, max_iter=max_iter,
+                                                     tol=tol), device=m.device, group=group, distributed=distributed)
     dtype = module_kwargs.pop("dtype", None)
     if dtype is None:
         dtype = torch.float32 if m.dtype in (torch.float16, torch.bfloat16) else m.dtype

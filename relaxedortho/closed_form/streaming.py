@@ -25,9 +25,21 @@ with :math:`k` the shifts, :math:`S = \sum (x - k_x)^\top (y - k_y)`, :math:`s` 
 are summed into float64 accumulators (the fast path: one float32 GEMM per chunk, the rounding error of a chunk
 product does not grow with ``n``); float64 inputs use float64 GEMMs. ``precision="float64"`` upcasts every
 chunk first.
+
+Scale. Finite data of any magnitude give correct moments: a chunk whose float32 products overflow (entries
+near 1e20 and beyond) or may have lost terms to underflow (near 1e-20 and below) is formed again from the
+chunk times a power of two and the scale undone in float64 (exact; details at ``_RANGE`` in the source and in
+``docs/math.md`` §15). ``info["scaled_chunks"]`` counts such chunks; ordinary magnitudes never
+take that path. A NaN/Inf error always points at a NaN/Inf in the data.
+
+Combining. Moments of disjoint rows merge exactly (:meth:`PairedMoments.merge`, ``a + b``, ``sum(parts)``), are
+saved and loaded in a ``weights_only``-safe file (:meth:`PairedMoments.save`), and are summed over the
+processes of a :mod:`torch.distributed` group on request (``group=``/``distributed=True``, see
+:mod:`relaxedortho.closed_form.distributed`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import FLOAT_DTYPES, check_choice
+from .._checks import FLOAT_DTYPES, check_choice, check_device
 
 PRECISIONS = ("auto", "float64")
 
@@ -47,13 +59,23 @@ DEFAULT_CHUNK_ENTRIES = 1 << 22
 class PairedMoments:
     r"""First and second moments of paired rows, in float64 (see the module documentation for the formulas).
 
+    Moments of disjoint row sets combine exactly: ``a.merge(b)``, ``a + b`` and ``sum(list_of_moments)`` give
+    the moments of the union (:meth:`merge`); :meth:`save` and :meth:`load` keep them in a file that
+    ``torch.load(weights_only=True)`` reads, so shards accumulated by other processes or jobs can be merged
+    later.
+
     Attributes:
         n: number of rows seen.
-        shift_x, shift_y: the shifts :math:`k_x, k_y` (mean of the first chunk).
+        shift_x, shift_y: the shifts :math:`k_x, k_y` (the mean of the first chunk, or of the union after a
+            merge; 0 for data that need no shift).
         sum_x, sum_y: column sums of the shifted rows.
         cross_shifted: :math:`\sum (x - k_x)^\top (y - k_y)` (p×q).
         gram_x_shifted, gram_y_shifted: the shifted Grams, or ``None`` when not requested.
         dtype: the floating dtype of the inputs (result maps use it).
+        info: diagnostics: ``chunks``, ``gemm_dtype`` (the dtype of the chunk products), ``shifted``,
+            ``scaled_chunks`` (chunks whose magnitude needed the scaled path), ``parts`` (after merges).
+        has_sums: whether the column sums are known (``means=False`` may drop them; then only the
+            uncentred products are available).
     """
 
     n: int
@@ -127,13 +149,67 @@ class PairedMoments:
         r""":math:`\lVert Y\rVert_F^2` (or of the centred Y): the trace of the Gram (needs ``"y"`` accumulated)."""
         return torch.trace(self.gram_y(center))
 
+    def merge(self, other: "PairedMoments") -> "PairedMoments":
+        r"""The moments of the rows of ``self`` and ``other`` together (a new object; both stay unchanged).
+
+        Exact in float64 whatever the two shifts: each side is moved to a common shift (the mean of the
+        union, or the shift both share) and the two are added — the pairwise update of Chan, Golub & LeVeque
+        (``docs/math.md`` §15; formulas in :mod:`relaxedortho.closed_form.pairwise_update`).
+        The result equals the moments of all rows accumulated in one pass to float64 rounding, in any order
+        and grouping (commutative and associative up to rounding). ``a + b`` and ``sum([a, b, ...])`` call it.
+
+        - Widths must agree (``ValueError`` otherwise).
+        - A Gram is kept when both sides hold it (the intersection); asking the result for a Gram only one side
+          had raises the usual "was not accumulated" error.
+        - Column sums: when one side has none (``means=False`` on data that needed no shift), the result has
+          none either and holds the exact uncentred products; :meth:`mean_x` then raises.
+        - The result lives on ``self``'s device; ``dtype`` is the promotion of both input dtypes and
+          ``info["gemm_dtype"]`` the less precise of the two.
+
+        Example:
+            >>> import torch
+            >>> X = torch.randn(10, 3, dtype=torch.float64) + 100; Y = torch.randn(10, 2, dtype=torch.float64)
+            >>> a, b = accumulate_moments(X[:4], Y[:4]), accumulate_moments(X[4:], Y[4:])
+            >>> whole = accumulate_moments(X, Y)
+            >>> bool(torch.allclose((a + b).cross(center=True), whole.cross(center=True), rtol=1e-12, atol=1e-12))
+            True
+        """
+        from .pairwise_update import merge_moments
+
+        return merge_moments(self, other)
+
+    def __add__(self, other: Any) -> "PairedMoments":
+        if not isinstance(other, PairedMoments):
+            return NotImplemented
+        return self.merge(other)
+
+    def __radd__(self, other: Any) -> "PairedMoments":
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self  # the start value of sum()
+        return NotImplemented
+
+    def save(self, path: Any) -> None:
+        """Write the moments to ``path`` in a ``weights_only``-safe format
+        (:func:`~relaxedortho.closed_form.moments_file.save_moments`)."""
+        from .moments_file import save_moments
+
+        save_moments(self, path)
+
+    @classmethod
+    def load(cls, path: Any, device: torch.device | str | None = None) -> "PairedMoments":
+        """Read moments written by :meth:`save` onto ``device`` (default: the CPU)
+        (:func:`~relaxedortho.closed_form.moments_file.load_moments`)."""
+        from .moments_file import load_moments
+
+        return load_moments(path, device)
+
 
 def _is_array(x: Any) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
 
 
 def _chunk_tensor(x: Any, name: str, where: str, device) -> torch.Tensor:
-    """A chunk as a 2-D floating tensor on ``device`` (no finiteness check here: see the sums)."""
+    """A chunk as a 2-D floating tensor on ``device`` (no finiteness check here: see the chunk products)."""
     if isinstance(x, torch.Tensor):
         t = x
     elif isinstance(x, np.ndarray):
@@ -175,13 +251,15 @@ def _array_chunks(X: Any, Y: Any, chunk_size: int | None):
 
 def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] = ("x",), means: bool = True,
                        chunk_size: int | None = None, precision: str = "auto",
-                       device: torch.device | str | None = None) -> PairedMoments:
+                       device: torch.device | str | None = None, group: Any = None,
+                       distributed: bool = False) -> PairedMoments:
     r"""One pass over paired rows; returns their :class:`PairedMoments` (float64).
 
     Args:
         X: an array (NumPy, memory-mapped NumPy, or torch on any device) of shape (n, p) with ``Y`` the
             paired (n, q) array; or, with ``Y=None``, an iterable of ``(X_chunk, Y_chunk)`` pairs (or an
-            already computed :class:`PairedMoments`, returned unchanged).
+            already computed :class:`PairedMoments`, returned unchanged; with ``group``/``distributed``, this
+            process's moments, summed over the group).
         second_moments: which Grams to accumulate besides :math:`X^\top Y`: any of ``"x"``, ``"y"``.
         means: accumulate the column sums (default). With ``means=False`` and data that need no shift, the
             only per-chunk work is the GEMM (the fast path of the uncentred kinds); :meth:`PairedMoments.mean_x`
@@ -189,10 +267,18 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
         chunk_size: rows per chunk for arrays (default: about 4 Mi entries per chunk).
         precision: ``"auto"`` (float32 chunk GEMMs summed in float64 for float32 inputs) or ``"float64"``.
         device: where to compute (default: the device of the first chunk).
+        group: a :mod:`torch.distributed` process group: ``X, Y`` (data or moments) are this process's shard,
+            and every process of the group receives the moments of all shards (see
+            :func:`~relaxedortho.closed_form.distributed.reduce_moments`). Every process of the group must
+            make the same call; a process may hold no rows.
+        distributed: ``True``: the same with the default process group. Never implied: a closed form called on
+            one process only must not wait for the others.
 
     Raises ``TypeError`` for non-floating data and ``ValueError`` for NaN/Inf, row-count mismatches and
-    chunks whose widths disagree (naming the chunk). Finiteness is read off the float64 column sums, which
-    every NaN or Inf poisons, so no separate pass over the data is made.
+    chunks whose widths disagree (naming the chunk). Finiteness is read off the chunk products and sums,
+    which every NaN or Inf poisons, so no separate pass over the data is made. Finite data of any magnitude
+    are accumulated correctly (see the module documentation, "Scale"); float64 inputs whose moments exceed
+    the range of float64 (entries beyond about 1e150 or below 1e-150) raise a ``ValueError`` that says so.
 
     Example:
         >>> import numpy as np
@@ -201,12 +287,47 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
         >>> bool(np.allclose(m.cross().numpy(), X.T @ Y))
         True
     """
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if device is not None:
+        device = check_device(device)
+    if group is not None or distributed:
+        from .distributed import check_process_group, reduce_moments
+
+        check_process_group(group)
+        local, error, widths, need = None, None, None, ()
+        try:
+            need = _check_second_moments(second_moments)
+            if isinstance(X, PairedMoments):
+                local = X
+            else:
+                if Y is not None and _is_array(X) and _is_array(Y):
+                    widths = (int(X.shape[1]), int(Y.shape[1])) if X.ndim == 2 and Y.ndim == 2 else None
+                local = _accumulate(X, Y, need, means, chunk_size, precision, device)
+        except Exception as exc:  # noqa: BLE001 - re-raised by reduce_moments once every process knows
+            error = exc
+        return reduce_moments(local, need=need, widths=widths, device=device, group=group, error=error)
     if isinstance(X, PairedMoments):
         return X
-    check_choice(precision, "precision", PRECISIONS)
-    need = set(second_moments)
+    m = _accumulate(X, Y, _check_second_moments(second_moments), means, chunk_size, precision, device)
+    if m is None:
+        raise ValueError("no rows: X and Y must contain at least one paired row")
+    return m
+
+
+def _check_second_moments(second_moments: Iterable[str]) -> frozenset:
+    if isinstance(second_moments, str):
+        second_moments = (second_moments,)
+    need = frozenset(second_moments)
     if not need <= {"x", "y"}:
         raise ValueError(f"second_moments must contain only 'x' and 'y', got {sorted(need)}")
+    return need
+
+
+def _accumulate(X: Any, Y: Any, need: frozenset, means: bool, chunk_size: Any, precision: str,
+                device: Any) -> PairedMoments | None:
+    """The one pass of :func:`accumulate_moments` on this process's data (``None`` when there are no rows)."""
+    check_choice(precision, "precision", PRECISIONS)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -243,12 +364,58 @@ def accumulate_moments(X: Any, Y: Any = None, *, second_moments: Iterable[str] =
         if xc.shape[0]:
             _add(acc, xc, yc, where)
     if acc is None or acc["n"] == 0:
-        raise ValueError("no rows: X and Y must contain at least one paired row")
+        return None
+    _check_range(acc, final=True)
     return PairedMoments(n=acc["n"], shift_x=acc["kx"], shift_y=acc["ky"], sum_x=acc["sx"], sum_y=acc["sy"],
                          cross_shifted=acc["sxy"], gram_x_shifted=acc.get("gxx"),
                          gram_y_shifted=acc.get("gyy"), dtype=acc["dtype"],
-                         info={"chunks": acc["chunks"], "gemm_dtype": acc["work"], "shifted": acc["shifted"]},
+                         info={"chunks": acc["chunks"], "gemm_dtype": acc["work"], "shifted": acc["shifted"],
+                               "scaled_chunks": acc["scaled"], "parts": 1},
                          has_sums=acc["sums"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scale. A chunk product is formed in the working dtype; float32 overflows once |x||y|·rows passes 3.4e38
+# and loses terms to underflow (subnormals, or zero under flush-to-zero) once |x||y| falls below 1.2e-38.
+# The fast path forms the products as they are and reads two facts off results it computes anyway: every
+# entry finite, and the largest entry of every product at least LOW. Below LOW a result might have lost
+# terms to underflow; its absolute underflow error is at most 2·rows·(smallest normal), a relative 2^-40 of
+# LOW at most. A chunk that fails either test is checked against its max-abs (a NaN/Inf there is the data's,
+# and reported as such); if a side's max-abs lies outside [2^-E, 2^E], or a result overflowed, the products
+# are formed again from the chunk times 2^-e (e the binary exponent of that side's max-abs, so |entries| < 1)
+# and the scale is undone in the float64 accumulators. Scaling by a power of two is exact (no rounding) and
+# commutes with every rounding of the GEMM, so a chunk scaled into range keeps the rounding errors it has at
+# magnitude 1 (docs/math.md §15).
+# ---------------------------------------------------------------------------------------------------------
+
+#: Per working dtype: (E, LOW) of the scale check above.
+_RANGE = {torch.float32: (40, 2.0 ** -60), torch.float64: (400, 2.0 ** -600)}
+#: Largest binary exponent applied in one multiplication (2^±step is a normal number of the dtype).
+_STEP = {torch.float32: 100, torch.float64: 1000}
+_INF = float("inf")
+#: float64 moments whose largest entry is below 2^_TINY (1e-289) come close to the subnormals (2^-1022).
+_TINY = -960
+
+
+def _ldexp_(t: torch.Tensor, e: int) -> torch.Tensor:
+    """``t *= 2**e`` in place, exactly unless the result leaves the dtype's range, in steps whose factor is
+    representable in ``t``'s dtype (``2.0 ** 149`` is Inf in float32)."""
+    step = _STEP[t.dtype]
+    while e:
+        s = max(-step, min(step, e))
+        t.mul_(2.0 ** s)
+        e -= s
+    return t
+
+
+def _exponent(top: float) -> int:
+    """The binary exponent e of a max-abs (``top`` in [2^(e-1), 2^e)); 0 for 0."""
+    return math.frexp(top)[1] if top > 0 else 0
+
+
+def _max_abs(t: torch.Tensor) -> torch.Tensor:
+    """max |t| as a 0-d tensor (NaN when t holds a NaN)."""
+    return torch.linalg.vector_norm(t, _INF) if t.numel() else t.new_zeros(())
 
 
 def _needs_shift(chunk64: torch.Tensor, mean: torch.Tensor) -> bool:
@@ -260,7 +427,7 @@ def _needs_shift(chunk64: torch.Tensor, mean: torch.Tensor) -> bool:
     return float(mean.dot(mean)) > 0.25 * var
 
 
-def _start(xc: torch.Tensor, yc: torch.Tensor, need: set, precision: str, where: str) -> dict:
+def _start(xc: torch.Tensor, yc: torch.Tensor, need: frozenset, precision: str, where: str) -> dict:
     dev = xc.device
     dtype = torch.promote_types(xc.dtype, yc.dtype)
     work = torch.float64 if (precision == "float64" or dtype == torch.float64) else torch.float32
@@ -270,19 +437,22 @@ def _start(xc: torch.Tensor, yc: torch.Tensor, need: set, precision: str, where:
     for c, name, width in ((xc, "X", p), (yc, "Y", q)):
         k = torch.zeros(width, **f64)
         if c.shape[0]:
-            c64 = c.to(torch.float64)
-            mean = c64.mean(0)
-            if not bool(torch.isfinite(mean).all()):
+            top = float(_max_abs(c))
+            if not math.isfinite(top):
                 raise ValueError(f"{name}{where} contains NaN or Inf values")
+            e = _exponent(top)  # the mean and spread of the first chunk scaled to |entries| < 1: no overflow
+            c64 = _ldexp_(c.to(torch.float64, copy=True), -e)
+            mean = c64.mean(0)
             if _needs_shift(c64, mean):
-                k = mean
+                k = _ldexp_(mean, e)
         shifts.append(k)
     kx, ky = shifts
-    acc = {"device": dev, "dtype": dtype, "work": work, "p": p, "q": q, "n": 0, "chunks": 0,
+    acc = {"device": dev, "dtype": dtype, "work": work, "p": p, "q": q, "n": 0, "chunks": 0, "scaled": 0,
            "kx": kx, "ky": ky, "kxw": kx.to(work) if bool(kx.any()) else None,
-           "kyw": ky.to(work) if bool(ky.any()) else None,
+           "kyw": ky.to(work) if bool(ky.any()) else None, "top": [0.0, 0.0], "tiny": False,
            "sx": torch.zeros(p, **f64), "sy": torch.zeros(q, **f64), "sxy": torch.zeros(p, q, **f64), "buf": {}}
     acc["shifted"] = (acc["kxw"] is not None, acc["kyw"] is not None)
+    acc["ktop"] = [float(_max_abs(k)) if k is not None else 0.0 for k in (acc["kxw"], acc["kyw"])]
     if "x" in need:
         acc["gxx"] = torch.zeros(p, p, **f64)
     if "y" in need:
@@ -290,41 +460,115 @@ def _start(xc: torch.Tensor, yc: torch.Tensor, need: set, precision: str, where:
     return acc
 
 
-def _shifted(acc: dict, c: torch.Tensor, key: str) -> torch.Tensor:
-    """The chunk in the working dtype minus its shift, in a reused buffer (no copy when there is no shift)."""
-    c = c.to(acc["work"])
+def _centred(acc: dict, c: torch.Tensor, key: str, e: int) -> torch.Tensor:
+    """The chunk (working dtype) minus its shift, times 2^-e, in a reused buffer (the chunk itself when there
+    is nothing to do)."""
     k = acc[key]
-    if k is None:
+    if k is None and e == 0:
         return c
     buf = acc["buf"].get(key)
     if buf is None or buf.shape[0] < c.shape[0] or buf.device != c.device:
         buf = acc["buf"][key] = torch.empty_like(c, memory_format=torch.contiguous_format)
     out = buf[:c.shape[0]]
-    return torch.sub(c, k, out=out)
+    if e == 0:
+        return torch.sub(c, k, out=out)
+    _ldexp_(out.copy_(c), -e)  # (c - k) 2^-e = c 2^-e - k 2^-e: no overflow in the subtraction
+    if k is not None:
+        out.sub_(_ldexp_(k.clone(), -e))
+    return out
+
+
+def _products(acc: dict, xw: torch.Tensor, yw: torch.Tensor, ex: int, ey: int) -> dict:
+    """The chunk's products and sums, of the shifted chunk scaled by 2^-ex and 2^-ey, in the working dtype."""
+    x = _centred(acc, xw, "kxw", ex)
+    y = _centred(acc, yw, "kyw", ey)
+    out = {"xy": x.mT @ y}
+    if acc["sums"]:
+        out["sx"] = x.sum(0)  # cascade summation in the working dtype, accumulated across chunks in float64
+        out["sy"] = y.sum(0)
+    if "gxx" in acc:
+        out["gxx"] = x.mT @ x
+    if "gyy" in acc:
+        out["gyy"] = y.mT @ y
+    return out
+
+
+def _top_values(ts: list) -> list:
+    """max |t| of each tensor (NaN for a NaN). CPU: NumPy's single-threaded pass; a p×q result is too small for
+    OpenMP threads to pay off, and their start-up dominates on a loaded machine. Other devices: one
+    synchronisation."""
+    if all(t.device.type == "cpu" for t in ts):
+        out = []
+        for t in ts:
+            a = t.detach().numpy()  # max and min propagate a NaN; no temporary
+            out.append(max(float(a.max()), -float(a.min())) if a.size else 0.0)
+        return out
+    return torch.stack([_max_abs(t) for t in ts]).tolist()
+
+
+def _trusted(res: dict, low: float) -> tuple[bool, bool]:
+    """(every product finite with its largest entry >= low and every sum finite, everything finite)."""
+    prods = [res[k] for k in ("xy", "gxx", "gyy") if k in res]
+    sums = [res[k] for k in ("sx", "sy") if k in res]
+    tops = _top_values(prods + sums)
+    finite = all(v < _INF for v in tops)  # NaN fails too
+    return finite and all(v >= low for v in tops[:len(prods)]), finite
 
 
 def _add(acc: dict, xc: torch.Tensor, yc: torch.Tensor, where: str) -> None:
-    x = _shifted(acc, xc, "kxw")
-    y = _shifted(acc, yc, "kyw")
-    xy = x.mT @ y
-    # every NaN/Inf poisons its column sum (or, without sums, its row/column of the product): one small
-    # check per chunk instead of a separate pass over the data
-    checks = [(xy, "X or Y")]
-    if acc["sums"]:
-        sx = x.sum(0)  # cascade summation in the working dtype, accumulated across chunks in float64
-        sy = y.sum(0)
-        checks = [(sx, "X"), (sy, "Y")]
-        acc["sx"].add_(sx)
-        acc["sy"].add_(sy)
-    for s, name in checks:
-        if not bool(torch.isfinite(s.sum())):  # one scalar: NaN/Inf survive the sum
-            if name == "X or Y":  # failure path only: find the culprit
-                name = "Y" if bool(torch.isfinite(xc).all()) else "X"
-            raise ValueError(f"{name}{where} contains NaN or Inf values")
-    acc["sxy"].add_(xy)  # float32 product summed into the float64 accumulator (no temporary)
-    if "gxx" in acc:
-        acc["gxx"].add_(x.mT @ x)
-    if "gyy" in acc:
-        acc["gyy"].add_(y.mT @ y)
+    xw, yw = xc.to(acc["work"]), yc.to(acc["work"])
+    res = _products(acc, xw, yw, 0, 0)
+    ex = ey = 0
+    trusted, finite = _trusted(res, _RANGE[acc["work"]][1])
+    if not trusted:  # rare: a NaN/Inf, an overflow, or a result small enough to have lost terms
+        tops = [float(_max_abs(xw)), float(_max_abs(yw))]
+        for top, name in zip(tops, "XY"):
+            if not math.isfinite(top):
+                raise ValueError(f"{name}{where} contains NaN or Inf values")
+        acc["top"] = [max(a, b) for a, b in zip(acc["top"], tops)]
+        ex, ey = (_exponent(max(t, k)) for t, k in zip(tops, acc["ktop"]))
+        limit = _RANGE[acc["work"]][0]
+        if finite and abs(ex) <= limit and abs(ey) <= limit:
+            ex = ey = 0  # the data are in range: the small result is cancellation, not underflow
+        else:
+            res = _products(acc, xw, yw, ex, ey)
+            acc["scaled"] += 1
+    _scaled_add(acc["sxy"], res["xy"], ex + ey)
+    if "sx" in res:
+        _scaled_add(acc["sx"], res["sx"], ex)
+        _scaled_add(acc["sy"], res["sy"], ey)
+    if "gxx" in res:
+        _scaled_add(acc["gxx"], res["gxx"], 2 * ex)
+    if "gyy" in res:
+        _scaled_add(acc["gyy"], res["gyy"], 2 * ey)
+    if ex or ey:
+        acc["tiny"] |= min(ex + ey, 2 * ex if "gxx" in res else 0, 2 * ey if "gyy" in res else 0) < _TINY
+        _check_range(acc, final=False)
     acc["n"] += int(xc.shape[0])
     acc["chunks"] += 1
+
+
+def _scaled_add(total: torch.Tensor, part: torch.Tensor, e: int) -> None:
+    """``total += part * 2^e`` in float64 (exact scaling; ``alpha`` is applied in float64)."""
+    if e == 0:
+        total.add_(part)  # float32 product summed into the float64 accumulator (no temporary)
+    elif abs(e) <= _STEP[torch.float64]:
+        total.add_(part, alpha=2.0 ** e)
+    else:  # float64 working dtype only: the factor itself is not a float64 number
+        total.add_(_ldexp_(part.to(torch.float64), e))
+
+
+def _check_range(acc: dict, final: bool) -> None:
+    """Raise when float64 cannot hold the moments of finite data (float64 inputs beyond about 1e±150 only:
+    the moments of float32 or half data always fit)."""
+    if acc["work"] != torch.float64 or not (acc["scaled"] and (acc["tiny"] or not final)):
+        return
+    keys = [k for k in ("sxy", "gxx", "gyy") if k in acc]  # the second moments: the sums never underflow
+    top = float(torch.stack([_max_abs(acc[k]) for k in keys]).max())
+    tx, ty = acc["top"]
+    if not math.isfinite(top):
+        raise ValueError(f"the moments of X and Y overflow float64 (the data are finite, but max |X| = {tx:.3g} "
+                         f"and max |Y| = {ty:.3g} give products beyond 1.8e308); divide X and Y by a constant")
+    if final and acc["tiny"] and top < 2.0 ** _TINY:
+        raise ValueError(f"the moments of X and Y underflow float64 (max |X| = {tx:.3g}, max |Y| = {ty:.3g} give "
+                         f"products below 1e-289, near float64's subnormals); multiply X and Y by a constant")

@@ -356,6 +356,16 @@ def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
     module._mark_restored()
 
 
-@torch.compiler.disable
 def _retraction_pre_hook(module: OrthogonalLinear, args) -> None:
+    # Under torch.compile the retraction runs outside the graph (a graph break). torch.compiler.disable is applied
+    # lazily (torch._disable_dynamo imports torch._dynamo at its first call): as a decorator here it would import
+    # torch._dynamo (~2 s) with relaxedortho.
+    if torch.compiler.is_compiling():
+        _retract_outside_graph(module)
+    else:
+        module._retract_if_stale()
+
+
+@torch._disable_dynamo
+def _retract_outside_graph(module: OrthogonalLinear) -> None:
     module._retract_if_stale()

@@ -6,16 +6,38 @@
 - :func:`save_checkpoint` / :func:`load_checkpoint`: exact resume (``checkpoint.py``);
 - :func:`gather_with_grad`, :func:`launch`: DDP helpers (``distributed.py``);
 - :func:`lambda_sweep`, :func:`plot_tradeoff`: the λ trade-off (``sweep.py``).
-"""
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import gather_with_grad, launch
-from .history import TrainHistory
-from .optimizers import make_optimizer, parameter_groups
-from .pair import PairMaps, PairTrainer, fit_pair
-from .sweep import SweepTable, lambda_sweep, neighbour_agreement, plot_tradeoff
-from .trainer import NonFiniteLossError, Trainer, default_retrieval_metric, fit_alignment
 
-__all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "default_retrieval_metric",
+The names are imported from their modules at first use (PEP 562): the distributed helpers do not load the
+trainer, and geoopt loads only with a Riemannian optimizer.
+"""
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(["load_checkpoint", "save_checkpoint"], ".checkpoint"),
+    **dict.fromkeys(["gather_with_grad", "launch"], ".distributed"),
+    "TrainHistory": ".history",
+    **dict.fromkeys(["make_optimizer", "parameter_groups"], ".optimizers"),
+    **dict.fromkeys(["PairMaps", "PairTrainer", "fit_pair"], ".pair"),
+    **dict.fromkeys(["SweepTable", "lambda_sweep", "neighbour_agreement", "plot_tradeoff"], ".sweep"),
+    **dict.fromkeys(["NonFiniteLossError", "Trainer", "TrainingDivergedError", "default_retrieval_metric",
+                     "fit_alignment"], ".trainer"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["checkpoint", "data", "distributed", "history", "optimizers",
+                                                         "pair", "precision", "sweep", "trainer"])
+
+if TYPE_CHECKING:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .distributed import gather_with_grad, launch
+    from .history import TrainHistory
+    from .optimizers import make_optimizer, parameter_groups
+    from .pair import PairMaps, PairTrainer, fit_pair
+    from .sweep import SweepTable, lambda_sweep, neighbour_agreement, plot_tradeoff
+    from .trainer import NonFiniteLossError, Trainer, TrainingDivergedError, default_retrieval_metric, fit_alignment
+
+__all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "TrainingDivergedError",
+           "default_retrieval_metric",
            "fit_pair", "PairTrainer", "PairMaps", "make_optimizer", "parameter_groups", "save_checkpoint",
            "load_checkpoint", "gather_with_grad", "launch", "lambda_sweep", "SweepTable", "plot_tradeoff",
            "neighbour_agreement"]

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..serialization import read_payload, write_payload
+
 FORMAT = "relaxedortho-checkpoint"
 VERSION = 1
 
@@ -45,21 +47,21 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` (a dict) to ``path`` atomically (temporary file, then :func:`os.replace`)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, **_plain(state)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``state`` (a dict) to ``path`` atomically (temporary file, then :func:`os.replace`), creating
+    missing folders; an :class:`OSError` naming the file when it cannot be written."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, got {type(state).__name__}")
+    write_payload({"format": FORMAT, "version": VERSION, **_plain(state)}, path, "training checkpoint",
+                  make_dirs=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is unpickled)."""
-    state = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is unpickled).
+
+    Raises the errors of :func:`relaxedortho.load`: an :class:`OSError` for a missing, unreadable or folder
+    path, a :class:`ValueError` for an empty, truncated, corrupted or foreign file, each naming the file.
+    """
+    state = read_payload(path, "training checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)} is not a relaxedortho training checkpoint")
     return state

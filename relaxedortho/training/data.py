@@ -11,12 +11,13 @@ resumed run visit the same batches as an uninterrupted one.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._checks import FLOAT_DTYPES
+from .._checks import FLOAT_DTYPES, tensor_from_numpy
 
 #: Rows read per chunk when checking a memory map for NaN/Inf.
 CHECK_CHUNK_ROWS = 65536
@@ -24,10 +25,15 @@ CHECK_CHUNK_ROWS = 65536
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive epochs over the seed space
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """One pass, no n x d boolean temporary: min and max propagate NaN, and are finite iff all entries are."""
-    lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+def _finite_max_abs(t: torch.Tensor) -> float | None:
+    """The largest absolute entry, or ``None`` when some entry is NaN or Inf. One pass, no n x d boolean
+    temporary: min and max propagate NaN, and are finite iff all entries are."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = (float(v) for v in torch.aminmax(t))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return max(-lo, hi)
 
 
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> torch.Tensor | None:
@@ -47,17 +53,22 @@ class RowArray:
         x: a :class:`torch.Tensor`, a NumPy array or a :class:`numpy.memmap`.
         name: the argument's name, used in error messages.
         labels: integer labels of shape ``(n,)`` instead of float features of shape ``(n, d)``.
-        check_finite: scan the features for NaN/Inf (a full read for a memory map).
+        check_finite: scan the features for NaN/Inf (a full read for a memory map); records their largest
+            absolute value as :attr:`max_abs` (``None`` without the scan).
+
+    Rows read from a read-only memory map are copied into writable memory before they become tensors (PyTorch
+    does not support tensors over non-writable arrays and warns).
     """
 
     def __init__(self, x: Any, name: str, *, labels: bool = False, check_finite: bool = True) -> None:
         self.name = name
         self.labels = labels
         self.memmap = isinstance(x, np.memmap)
+        self.max_abs: float | None = None
         if isinstance(x, torch.Tensor):
             data = x.detach()
         elif isinstance(x, np.ndarray):
-            data = x if self.memmap else torch.from_numpy(np.ascontiguousarray(x))
+            data = x if self.memmap else tensor_from_numpy(x)
         elif isinstance(x, (list, tuple)) and labels:
             data = torch.as_tensor(x)
         else:
@@ -77,14 +88,21 @@ class RowArray:
             if data.dtype.kind != "f":
                 raise TypeError(f"{name} must hold floating-point numbers, got NumPy dtype {data.dtype}")
             if check_finite:
+                self.max_abs = 0.0
                 for start in range(0, data.shape[0], CHECK_CHUNK_ROWS):
-                    if not np.isfinite(data[start:start + CHECK_CHUNK_ROWS]).all():
-                        raise ValueError(f"{name} contains NaN or Inf values (rows from {start})")
+                    chunk = np.asarray(data[start:start + CHECK_CHUNK_ROWS])
+                    if chunk.size:  # min and max propagate NaN: finite iff every entry is
+                        lo, hi = float(chunk.min()), float(chunk.max())
+                        if not (math.isfinite(lo) and math.isfinite(hi)):
+                            raise ValueError(f"{name} contains NaN or Inf values (rows from {start})")
+                        self.max_abs = max(self.max_abs, -lo, hi)
         else:
             if data.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"{name} must have a floating dtype, got {data.dtype}")
-            if check_finite and not _all_finite(data):
-                raise ValueError(f"{name} contains NaN or Inf values")
+            if check_finite:
+                self.max_abs = _finite_max_abs(data)
+                if self.max_abs is None:
+                    raise ValueError(f"{name} contains NaN or Inf values")
         self.data = data
         self._fast: tuple | None = None  # (device, dtype) of preloaded features: rows() takes the short path
 
@@ -111,7 +129,7 @@ class RowArray:
             return self.data.index_select(0, index)  # preloaded on the device in the right dtype
         if self.memmap:
             sel = index if isinstance(index, slice) else index.cpu().numpy()
-            t = torch.from_numpy(np.ascontiguousarray(self.data[sel]))
+            t = tensor_from_numpy(self.data[sel])  # a slice of a read-only map is copied, gathered rows are not
         elif isinstance(index, slice):
             t = self.data[index]
         else:

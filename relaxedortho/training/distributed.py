@@ -71,6 +71,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         >>> gather_with_grad(x) is x
         True
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x)
@@ -117,6 +119,14 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "
     """
     import torch.multiprocessing as mp
 
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable fn(rank, world_size, *args), got {type(fn).__name__}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    if not isinstance(backend, str) or not dist.is_backend_available(backend):
+        available = [b for b in ("gloo", "nccl", "mpi", "ucc") if dist.is_backend_available(b)]
+        raise ValueError(f"backend {backend!r} is not available in this PyTorch; available: {', '.join(available)}")
+    if backend == "nccl" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"backend 'nccl' needs one CUDA GPU per process: {world_size} processes, "
+                         f"{torch.cuda.device_count()} GPU(s)")
     mp.spawn(_launched, args=(fn, world_size, free_port(), backend, args), nprocs=world_size, join=True)

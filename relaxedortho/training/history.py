@@ -19,6 +19,8 @@ class TrainHistory:
         stopped_early: whether early stopping ended the run.
         best_epoch: epoch (0-based) of the best validation metric, or ``None``.
         best_metric: that metric, or ``None``.
+        initial_loss: the loss of the first step (the untrained map on the first batch), the reference of
+            the trainer's divergence check; ``None`` before the first step.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -31,6 +33,7 @@ class TrainHistory:
     stopped_early: bool = False
     best_epoch: int | None = None
     best_metric: float | None = None
+    initial_loss: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,11 +18,7 @@ import torch
 from torch import nn
 
 from .._checks import check_nonnegative, check_positive
-from .._geoopt import geoopt
-
-
-def _is_manifold(p: torch.Tensor) -> bool:
-    return isinstance(p, geoopt.ManifoldParameter) and not isinstance(p.manifold, geoopt.Euclidean)
+from .._geoopt import is_manifold_parameter as _is_manifold  # geoopt is imported only for a manifold parameter
 
 
 def parameter_groups(module: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
@@ -81,5 +77,6 @@ def make_optimizer(module: nn.Module, lr: float, *, weight_decay: float = 0.0,
     """
     groups = parameter_groups(module, lr, weight_decay)
     if any(g["name"] == "manifold" for g in groups):
+        from .._geoopt import geoopt
         return geoopt.optim.RiemannianAdam(groups, lr=lr, betas=betas, eps=eps)
     return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)

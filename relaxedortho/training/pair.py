@@ -36,6 +36,9 @@ class PairMaps(nn.Module):
     """The two maps of the pair as one module: ``forward(h_new, h_old) -> (B(h_new), F(h_old))``."""
 
     def __init__(self, backward_map: nn.Module, forward_map: nn.Module) -> None:
+        for name, m in (("backward_map", backward_map), ("forward_map", forward_map)):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module (a map of the spectrum), got {type(m).__name__}")
         super().__init__()
         self.backward_map = backward_map
         self.forward_map = forward_map
@@ -54,12 +57,13 @@ class PairMaps(nn.Module):
         return float(fn()) if callable(fn) else float("nan")
 
 
+#: The callables a ``losses`` object of :class:`PairTrainer` provides.
+LOSS_NAMES = ("backward_loss", "forward_loss", "supervised_contrastive")
+
+
 def _default_losses() -> Any:
-    try:
-        from .. import losses
-    except ImportError as exc:  # pragma: no cover - present once the losses module is merged
-        raise ImportError("the B/F pair objective needs relaxedortho.losses; pass losses=an object with "
-                          "backward_loss, forward_loss and supervised_contrastive") from exc
+    from .. import losses
+
     return losses
 
 
@@ -91,6 +95,12 @@ class PairTrainer(Trainer):
             raise ValueError(f"weights must be (w1, w2, w3) for (L_F, L_B, L_C), got {weights!r}")
         self.weights = tuple(check_nonnegative(w, f"weights[{i}]") for i, w in enumerate(weights))
         self.temperature = check_positive(temperature, "temperature")
+        if losses is not None:
+            missing = [n for n in LOSS_NAMES if not callable(losses.get(n) if isinstance(losses, dict)
+                                                              else getattr(losses, n, None))]
+            if missing:
+                raise TypeError(f"losses must be an object or dict with the callables {', '.join(LOSS_NAMES)}; "
+                                f"{type(losses).__name__} lacks {', '.join(missing)}")
         self._losses_spec = losses
 
     def check_dimensions(self, arrays: list[RowArray]) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .._checks import check_device
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -58,10 +60,6 @@ def resolve_precision(amp: Any, device: torch.device) -> Precision:
 
 
 def resolve_device(device: Any) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else goes through :class:`torch.device`."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from exc
+    """``"auto"`` (or ``None``) is CUDA when available, else CPU; anything else is checked by the library's one
+    device check, :func:`relaxedortho._checks.check_device` (a :class:`ValueError` naming the problem)."""
+    return check_device(device, allow_auto=True)

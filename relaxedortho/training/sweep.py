@@ -20,8 +20,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .._checks import check_nonnegative
+from .._checks import as_float_tensor, check_nonnegative
 from .data import RowArray, check_same_length
+from .precision import resolve_device
 from .trainer import default_retrieval_metric, fit_alignment
 
 COLUMNS = ("map", "lam", "fit_mse", "geometry", "orthogonality_error", "metric")
@@ -54,8 +55,13 @@ def neighbour_agreement(source: torch.Tensor, mapped: torch.Tensor, chunk: int =
             out.append(d.argmin(dim=1))
         return torch.cat(out)
 
+    source = as_float_tensor(source, "source", ndim=2)
+    mapped = as_float_tensor(mapped, "mapped", ndim=2)
     if source.shape[0] < 2 or source.shape[0] != mapped.shape[0]:
-        raise ValueError("neighbour_agreement needs the same number (>= 2) of rows in source and mapped")
+        raise ValueError(f"source and mapped must have the same number (>= 2) of rows, got {source.shape[0]} and "
+                         f"{mapped.shape[0]}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     return float((nn_index(source) == nn_index(mapped)).double().mean())
 
 
@@ -122,7 +128,16 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
     """
     from ..maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
 
-    lam_values = sorted(check_nonnegative(v, "lams[...]", allow_inf=True) for v in lams)
+    device = resolve_device(device)  # before any data is read
+    if isinstance(lams, (str, bytes)) or not hasattr(lams, "__iter__"):
+        raise TypeError(f"lams must be a sequence of λ values, got {type(lams).__name__} {lams!r} (wrap one value in "
+                        f"a list)")
+    lam_values = sorted(check_nonnegative(v, f"lams[{i}]", allow_inf=True) for i, v in enumerate(lams))
+    if not lam_values and not ends:
+        raise ValueError("nothing to sweep: lams is empty and ends=False")
+    if metric is not None and not callable(metric):
+        raise TypeError(f"metric must be a callable metric(mapped, target, labels) -> float, got "
+                        f"{type(metric).__name__}")
     holdout = check_nonnegative(holdout, "holdout")
     if holdout >= 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
@@ -175,14 +190,16 @@ def plot_tradeoff(table: SweepTable, path: Any = None, *, title: str | None = No
     imported here, with the non-interactive Agg backend when none is chosen yet. Saves to ``path`` when
     given; returns the figure.
     """
+    if not isinstance(table, SweepTable):
+        raise TypeError(f"table must be the SweepTable of lambda_sweep, got {type(table).__name__}")
+    if not len(table):
+        raise ValueError("table is empty")
     import matplotlib
 
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    if not len(table):
-        raise ValueError("table is empty")
     labels = ["⊥" if r["lam"] is None else ("∞" if math.isinf(r["lam"]) else f"{r['lam']:g}") for r in table]
     xs = list(range(len(labels)))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(xs) + 2), 3.6))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_nonnegative, check_positive
+from .._checks import FLOAT_DTYPES, check_nonnegative, check_positive
 from .checkpoint import load_checkpoint, load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 from .data import RowArray, check_same_length, epoch_order
 from .distributed import is_distributed, rank_and_world, shard
@@ -39,6 +39,10 @@ from .precision import resolve_device, resolve_precision
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_validation_end", "on_epoch_end", "on_train_end")
 
 
+#: Default of ``divergence_factor``: a run whose last epoch ends above this multiple of the initial loss failed.
+DIVERGENCE_FACTOR = 10.0
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf; ``step`` names the first bad optimizer step (1-based),
     ``history`` holds the record up to the last completed epoch."""
@@ -46,6 +50,16 @@ class NonFiniteLossError(FloatingPointError):
     def __init__(self, message: str, step: int, history: TrainHistory) -> None:
         super().__init__(message)
         self.step = step
+        self.history = history
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training ended with a loss far above where it started (``divergence_factor`` times the initial loss):
+    the learning rate is too large for the data, or the data are badly scaled. ``history`` holds the record
+    (``history.initial_loss`` and ``history.loss``); the module keeps the diverged weights."""
+
+    def __init__(self, message: str, history: TrainHistory) -> None:
+        super().__init__(message)
         self.history = history
 
 
@@ -84,7 +98,8 @@ class Trainer:
         lr: learning rate of Adam (manifold parameters get :func:`relaxedortho.riemannian_lr`; see
             :func:`~relaxedortho.training.make_optimizer`).
         optimizer: ``None`` (the right Adam per map), a :class:`torch.optim.Optimizer` over the module's
-            parameters, or a callable ``module -> Optimizer``.
+            parameters, or a callable ``module -> Optimizer`` (e.g. ``lambda m: torch.optim.SGD(m.parameters(),
+            lr=0.1)``); an optimizer that holds none of the module's parameters is refused.
         loss_fn: data loss ``loss_fn(output, target) -> scalar`` (default :func:`torch.nn.functional.mse_loss`,
             element-wise mean), computed in float32 even under mixed precision.
         regularizer_weight: weight :math:`w` >= 0 of ``module.regularizer()`` (default 1).
@@ -110,7 +125,17 @@ class Trainer:
         checkpoint: file to write checkpoints to; ``checkpoint_every``: steps between them (plus one at the
             end). ``resume=True`` continues from ``checkpoint`` when the file exists (exactly: same final
             weights as an uninterrupted run).
-        check_finite: scan the data for NaN/Inf before training (default ``True``).
+        check_finite: scan the data for NaN/Inf before training (default ``True``); with the default loss it
+            also refuses data whose squared errors overflow the map's dtype (e.g. float32 values beyond
+            about 9e18), which would otherwise stop the run with a non-finite loss at its first step.
+        divergence_factor: fail when training made the objective much worse: :class:`TrainingDivergedError` is
+            raised at the end when the last epoch's mean loss exceeds ``divergence_factor`` times the initial
+            loss :math:`\mathcal L_0`, the loss of the first step (the untrained map on the first batch,
+            recorded as ``history.initial_loss``; floored at :math:`\varepsilon_\text{dtype}` times the mean
+            square of that batch's targets, so that a perfect initial fit cannot trip it on rounding noise).
+            Default 10 (a healthy run ends well below :math:`\mathcal L_0`); ``None`` turns the check off.
+            With very small batches :math:`\mathcal L_0` is a noisy estimate: raise the factor there. With
+            early stopping and ``restore_best``, the restored epoch's loss is the one compared.
         preload: move tensors and in-memory arrays to the device once (default ``True``); memory maps are
             always read lazily, a batch at a time.
         callbacks: objects with any of the methods ``on_train_begin(trainer)``, ``on_epoch_begin(trainer,
@@ -123,6 +148,7 @@ class Trainer:
         ValueError: bad data (length mismatch, NaN/Inf, dimension mismatch with the map) or options, before
             any training step.
         TypeError: non-float data or an argument of the wrong type, before any training step.
+        TrainingDivergedError: the run ended far above its initial loss (``divergence_factor``).
         NonFiniteLossError: the loss became NaN/Inf; the message names the step. A checkpoint file is never
             overwritten with weights from after that step, and its weights are loaded back into ``module``.
     """
@@ -141,13 +167,19 @@ class Trainer:
                  early_stopping: int | None = None, min_delta: float = 0.0, restore_best: bool = True,
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                  resume: bool = False, check_finite: bool = True, preload: bool = True,
-                 callbacks: Sequence[Any] = ()) -> None:
+                 callbacks: Sequence[Any] = (), divergence_factor: float | None = DIVERGENCE_FACTOR) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.module = module
         self.epochs = _positive_int(epochs, "epochs")
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.lr = check_positive(lr, "lr") if optimizer is None else lr
+        if not (optimizer is None or isinstance(optimizer, torch.optim.Optimizer)
+                or (callable(optimizer) and not isinstance(optimizer, type))):
+            what = (f"the class {optimizer.__name__} (pass an instance, or a callable module -> Optimizer)"
+                    if isinstance(optimizer, type) else f"{type(optimizer).__name__} {optimizer!r}")
+            raise TypeError(f"optimizer must be None (the right Adam per map, at lr), a torch.optim.Optimizer or a "
+                            f"callable module -> Optimizer; got {what}")
         self.optimizer_spec = optimizer
         self.loss_fn = loss_fn if loss_fn is not None else F.mse_loss
         if not callable(self.loss_fn):
@@ -182,7 +214,14 @@ class Trainer:
         self.resume = bool(resume)
         self.check_finite = bool(check_finite)
         self.preload = bool(preload)
+        if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+            raise TypeError(f"callbacks must be a sequence of callback objects, got {type(callbacks).__name__}")
         self.callbacks = list(callbacks)
+        self.divergence_factor = (None if divergence_factor is None
+                                  else check_positive(divergence_factor, "divergence_factor"))
+        if self.divergence_factor is not None and self.divergence_factor < 1:
+            raise ValueError(f"divergence_factor must be >= 1 (a multiple of the initial loss) or None, "
+                             f"got {divergence_factor!r}")
         self.model: nn.Module = module  # the module, or its DistributedDataParallel wrapper
         self.shard_scale = 1.0
         self.history = TrainHistory()
@@ -275,11 +314,6 @@ class Trainer:
         if self.metric is False or self.val is None:
             return None
         if self.metric is None:
-            try:
-                from .. import metrics  # noqa: F401
-            except ImportError as exc:  # pragma: no cover - present once the metrics module is merged
-                raise ImportError("the default validation metric needs relaxedortho.metrics; pass metric=callable "
-                                  "or metric=False") from exc
             return default_retrieval_metric
         return self.metric
 
@@ -287,12 +321,49 @@ class Trainer:
         spec = self.optimizer_spec
         if spec is None:
             return make_optimizer(self.module, self.lr, weight_decay=self.weight_decay)
-        if isinstance(spec, torch.optim.Optimizer):
-            return spec
-        opt = spec(self.module)
+        opt = spec if isinstance(spec, torch.optim.Optimizer) else spec(self.module)
         if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError("optimizer callable must return a torch.optim.Optimizer")
+            raise TypeError(f"the optimizer callable must return a torch.optim.Optimizer, got {type(opt).__name__}")
+        own = {id(p) for p in self.module.parameters()}
+        if not any(id(p) in own for g in opt.param_groups for p in g["params"]):
+            raise ValueError("optimizer holds none of the module's parameters (was it built for another module?); "
+                             "build it from module.parameters() or pass optimizer=None")
         return opt
+
+    def _check_scale(self, arrays: list[RowArray]) -> None:
+        """With the default (squared-error) loss, refuse features whose squares overflow the training dtype."""
+        if not self.check_finite or self.loss_fn is not F.mse_loss or self._dtype not in FLOAT_DTYPES:
+            return
+        limit = math.sqrt(torch.finfo(self._dtype).max) / 2  # |f(x) - y| beyond this squares to inf
+        for a in arrays[:self.num_features]:
+            if a.max_abs is not None and a.max_abs > limit:
+                raise ValueError(
+                    f"{a.name} has values up to {a.max_abs:.3g}: their squared errors overflow "
+                    f"{str(self._dtype).removeprefix('torch.')} (largest {torch.finfo(self._dtype).max:.3g}); rescale "
+                    f"the data (e.g. divide source and target by a common scale) or train the map in float64")
+
+    def _loss_floor(self, arrays: list[RowArray]) -> float:
+        """Rounding level of the loss: ``eps(dtype) * mean(target**2)`` over the rows of the first batch."""
+        target = arrays[1].rows(slice(0, self.batch_size), torch.device("cpu"), torch.float64)
+        return torch.finfo(self._dtype).eps * float((target * target).mean())
+
+    def _check_divergence(self, early: dict, floor: float) -> None:
+        """Raise :class:`TrainingDivergedError` when the compared epoch ends above ``divergence_factor`` times
+        the initial loss (see the class documentation)."""
+        h = self.history
+        if self.divergence_factor is None or h.initial_loss is None or not h.loss:
+            return
+        restored = early.get("best_state") is not None and self.restore_best and self.early_stopping
+        epoch = early["best_epoch"] if restored else len(h.loss) - 1
+        final, start = h.loss[epoch], max(h.initial_loss, floor)
+        if start > 0 and final > self.divergence_factor * start:  # start 0: all-zero targets fitted exactly
+            lr = f"now {self.lr:g}; " if self.optimizer_spec is None else ""
+            raise TrainingDivergedError(
+                f"training diverged: the mean loss of epoch {epoch + 1} ({final:.4g}) is {final / start:.3g} times "
+                f"the initial loss ({h.initial_loss:.4g}, the untrained map on the first batch), above "
+                f"divergence_factor={self.divergence_factor:g}; the module holds the diverged weights. Use a "
+                f"smaller lr ({lr}try 10 times smaller), clip_grad_norm=..., rescale the data, or pass "
+                f"divergence_factor=None to accept the result", h)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _fingerprint(self, n: int, world: int) -> dict:
@@ -361,6 +432,7 @@ class Trainer:
             steps_per_epoch = n // B  # a last batch too small to give every process a row is dropped
         if steps_per_epoch == 0:
             raise ValueError(f"no complete batch: {n} rows with batch_size={B} and drop_last=True")
+        self._check_scale(arrays)
         fingerprint = self._fingerprint(n, world)
         # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
         self._pending: tuple[list, list] = ([], [])
@@ -374,6 +446,7 @@ class Trainer:
             start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
             acc = [float(v) for v in state["acc"]]
             early = state["early"]
+        floor = self._loss_floor(arrays) if self.divergence_factor is not None else 0.0
         order_device = arrays[0].data.device if not arrays[0].memmap else torch.device("cpu")
         step_hooks = self._hooks("on_step_end")
         ckpt_every = self.checkpoint_every
@@ -454,6 +527,7 @@ class Trainer:
                 pbar.close()
         if val is not None and early["best_state"] is not None and self.restore_best and self.early_stopping:
             self.module.load_state_dict(early["best_state"])
+        self._check_divergence(early, floor)
         if self.checkpoint is not None:
             self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
         self._call("on_train_end", self.history)
@@ -479,6 +553,8 @@ class Trainer:
         vals = vals.tolist()
         k = len(losses)
         first_step = self.step - k + 1
+        if first_step == 1 and math.isfinite(vals[0]):  # the untrained map's loss (kept by checkpoints)
+            self.history.initial_loss = vals[0] / rank_and_world()[1]
         for i, v in enumerate(vals[:k]):
             if not math.isfinite(v):
                 self._pending = ([], [])

@@ -43,10 +43,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import as_float_tensor, check_nonnegative, check_paired
+from .._checks import as_float_tensor, as_state_dict, check_nonnegative, check_paired
 from ..linalg import polar
 from ..maps import LambdaOrthoLinear
-from .task_vectors import _state_dict
+from .task_vectors import check_module
 
 
 def soft_orthogonal_map(features: int, *, beta: float = 1.0, init: Any = "identity", dtype=None,
@@ -229,9 +229,12 @@ def transfer_task_vector(target: nn.Module, tau: Mapping[str, torch.Tensor],
     Raises:
         ValueError: unknown layer names, missing ``tau`` entries, shapes that do not fit, uncovered keys.
     """
-    tau = _state_dict(tau, "tau")
+    check_module(target, "target")
+    tau = as_state_dict(tau, "tau")
     if not isinstance(maps, Mapping) or not maps:
-        raise TypeError("maps must be a non-empty mapping {layer_name: (u_in, u_out)}")
+        raise TypeError(f"maps must be a non-empty mapping {{layer_name: (u_in, u_out)}}, got "
+                        f"{type(maps).__name__ if not isinstance(maps, Mapping) else 'an empty mapping'}")
+    check_nonnegative(scale, "scale")
     missing = sorted(f"{name}.weight" for name in maps if f"{name}.weight" not in tau)
     if missing:
         raise ValueError(f"tau has no entry for the layers {missing}; its keys are {sorted(tau)}")
@@ -261,7 +264,7 @@ def transfer_task_vector(target: nn.Module, tau: Mapping[str, torch.Tensor],
 def transfer_maps(model: nn.Module) -> list[nn.Module]:
     """The distinct alignment maps used by the :class:`TransferredLinear` layers of ``model``, in order."""
     seen: dict[int, nn.Module] = {}
-    for m in model.modules():
+    for m in check_module(model, "model").modules():
         if isinstance(m, TransferredLinear):
             for u in (m.u_in, m.u_out):
                 if u is not None:
@@ -278,6 +281,7 @@ def merge_transferred(model: nn.Module) -> nn.Module:
     """
     if isinstance(model, TransferredLinear):
         return model.to_linear()
+    check_module(model, "model")
     layers = {n: m.to_linear() for n, m in model.named_modules() if isinstance(m, TransferredLinear)}
     # the maps and the replaced layers are dropped: do not copy them (memo entries map them to None)
     memo: dict[int, Any] = {id(u): None for u in transfer_maps(model)}
@@ -294,7 +298,13 @@ def layer_inputs(model: nn.Module, inputs: torch.Tensor, names: Iterable[str]) -
     Useful for :func:`procrustes_weight`: the input of layer ``l+1`` is the hidden representation that
     layer ``l`` writes.
     """
+    check_module(model, "model")
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"names must be a list of submodule names, got {type(names).__name__}"
+                        + (f" {names!r} (wrap one name in a list)" if isinstance(names, str) else ""))
     names = list(names)
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     store: dict[str, torch.Tensor] = {}
     handles = []
     for n in names:

@@ -18,34 +18,11 @@ Protocol (cross-model task-vector transfer, Endo, Kera, Kawamoto 2025, arXiv 250
    and few-shot fine-tuning of the target on the same shots. A control transfers a *random* task vector
    of the same per-tensor norms with a hard :math:`U`: what the maps learn from the shots alone.
 
-Measured (full size, ``task="relabel"``, 10 shots per class = 100 examples, 540 test digits, mean ± std over
-5 replicates, seeds 0–4; torch 2.13 CPU, 84 s of CPU time, 45 s wall on 2 cores):
-
-====================  =============
-method                test accuracy
-====================  =============
-source fine-tuned     0.965 ± 0.006
-target alone          0.001 ± 0.002
-τ applied directly    0.020 ± 0.013
-soft U (paper)        0.928 ± 0.002
-hard-orthogonal U     0.929 ± 0.005
-λ-orthogonal U (λ=2)  0.929 ± 0.009
-Procrustes, no train  0.723 ± 0.110
-Procrustes-init. U    0.939 ± 0.008
-few-shot fine-tuning  0.876 ± 0.021
-random τ, hard U      0.749 ± 0.054
-====================  =============
-
-Unaligned, :math:`\tau` is useless in the target (0.02). Every trained alignment beats few-shot fine-tuning
-of the target by about 6 points, and the Procrustes closed form alone recovers much of the transfer from
-unlabelled activations. The control shows that part of the gain comes from the maps fitting the shots
-(an orthogonal conjugation of any full-rank update is expressive); the real :math:`\tau` adds about 18 points
-on top. The hard and soft maps end orthogonal (‖G − I‖_F ≤ 2e-6 and 0.06), the λ-map at ‖G − I‖_F ≈ 1.3
-(update norm 1.26 ‖τ‖).
+The measured table (full size, 5 replicates) is in the documentation's benchmarks page
+(docs/benchmarks.md, "Task-vector transfer on digits"); ``relaxedortho transfer-demo`` reproduces it.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -55,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..files import write_json
 from ..maps import LambdaOrthoLinear, OrthogonalLinear
 from .aligned_update import (TransferredLinear, layer_inputs, merge_transferred, procrustes_weight,
                              soft_orthogonal_map, transfer_maps, transfer_task_vector)
@@ -207,11 +185,14 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
 
     The full size averages :data:`FULL` ``["replicates"]`` replicates (seeds ``seed, seed+1, ...``: new
     networks, data order and shots each time); ``quick`` runs one smaller replicate (seconds on one core).
+    The experiment runs on one CPU thread (PyTorch's setting is restored afterwards): its layers are 64 wide,
+    too small for intra-op parallelism, whose synchronisation dominated the run on a busy machine (measured in
+    docs/benchmarks.md).
 
     Args:
         out: output directory (created).
         seed: first seed (source, target, data order and few-shot draw are derived from it).
-        quick: reduced size for notebooks and tests (about 10 s on one CPU core).
+        quick: reduced size for notebooks and tests (one replicate).
         progress: print a line per stage.
         task: ``"relabel"`` (default) or ``"subset"`` (module documentation).
         shots: labelled examples per class for the transfer (default 10).
@@ -244,8 +225,13 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
         if progress:
             print(f"[transfer-demo {time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
-    with torch.random.fork_rng(devices=[]):
-        runs = [_run_once(seed + r, size, task, scale, lam, say) for r in range(size["replicates"])]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 64-wide layers: more threads only add synchronisation
+    try:
+        with torch.random.fork_rng(devices=[]):
+            runs = [_run_once(seed + r, size, task, scale, lam, say) for r in range(size["replicates"])]
+    finally:
+        torch.set_num_threads(threads)
     keys = runs[0]["accuracy"].keys()
     acc = {k: float(np.mean([r["accuracy"][k] for r in runs])) for k in keys}
     std = {k: float(np.std([r["accuracy"][k] for r in runs])) for k in keys}
@@ -259,7 +245,7 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
                          "few_shot_examples": runs[0]["few_shot_examples"],
                          "test_examples": runs[0]["test_examples"], **size},
               "wall_time_s": time.perf_counter() - t0}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     print(format_table(report))
     return report
 

@@ -13,36 +13,41 @@ Hard :class:`~relaxedortho.OrthogonalLinear` maps stay orthogonal through their 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .._checks import check_positive
+from ..training.trainer import NonFiniteLossError
+from ..training.history import TrainHistory
+from ..training.optimizers import make_optimizer
 from .aligned_update import transfer_maps
+from .task_vectors import check_module
 
 
-def _check_data(inputs, labels, model):
+def _check_data(inputs, labels, model, batch_size, generator):
+    check_module(model, "model")
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        raise TypeError("inputs must be a floating-point torch.Tensor")
+        got = f"{type(inputs).__name__}" + (f" of dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else "")
+        raise TypeError(f"inputs must be a floating-point torch.Tensor, got {got}")
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-        raise TypeError("labels must be an integer torch.Tensor of class indices")
-    if inputs.shape[0] != labels.shape[0] or labels.ndim != 1:
-        raise ValueError(f"inputs ({inputs.shape[0]} rows) and labels (shape {tuple(labels.shape)}) must be paired")
-
-
-def _optimizer(params: list[nn.Parameter], lr: float, maps: list[nn.Module]):
-    from ..maps import StiefelLinear, riemannian_lr
-
-    stiefel = [m for m in maps if isinstance(m, StiefelLinear)]
-    if not stiefel:
-        return torch.optim.Adam(params, lr=lr)
-    from .._geoopt import geoopt
-
-    special = {id(m.stiefel_weight): m for m in stiefel}
-    groups = [{"params": [p for p in params if id(p) not in special], "lr": lr}]
-    groups += [{"params": [m.stiefel_weight], "lr": riemannian_lr(lr, m.in_features, m.out_features)}
-               for m in stiefel]
-    return geoopt.optim.RiemannianAdam([g for g in groups if g["params"]], lr=lr)
+        got = f"{type(labels).__name__}" + (f" of dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else "")
+        raise TypeError(f"labels must be an integer torch.Tensor of class indices (int64), got {got}")
+    if inputs.ndim == 0 or labels.ndim != 1 or inputs.shape[0] != labels.shape[0]:
+        raise ValueError(f"inputs (shape {tuple(inputs.shape)}) and labels (shape {tuple(labels.shape)}) must be "
+                         f"paired: one label per input row")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs and labels are empty (0 rows)")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("inputs contain NaN or Inf values")
+    if int(labels.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _steps(steps) -> int:
@@ -71,7 +76,7 @@ def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     Returns:
         the training loss at each step.
     """
-    _check_data(inputs, labels, model)
+    _check_data(inputs, labels, model, batch_size, generator)
     steps = _steps(steps)
     lr = check_positive(lr, "lr")
     maps = transfer_maps(model)
@@ -81,8 +86,7 @@ def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     frozen = [(p, p.requires_grad) for p in model.parameters() if id(p) not in map_params]
     for p, _ in frozen:
         p.requires_grad_(False)
-    params = [p for p in map_params.values() if p.requires_grad]
-    opt = _optimizer(params, lr, maps)
+    opt = make_optimizer(nn.ModuleList(maps), lr)   # Adam; RiemannianAdam at riemannian_lr for Stiefel maps
     try:
         return _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator,
                                     extra=lambda: sum(u.regularizer() for u in maps) / len(maps))
@@ -92,20 +96,33 @@ def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
 
 
 def _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator, extra=None) -> list[float]:
-    """``steps`` optimizer steps on cross-entropy (plus ``extra()``), model in training mode; the losses."""
+    """``steps`` optimizer steps on cross-entropy (plus ``extra()``), model in training mode; the losses.
+
+    Raises :class:`ValueError` when a label is not below the number of logits (checked at the first step) and
+    :class:`~relaxedortho.training.NonFiniteLossError` when the loss becomes NaN or Inf.
+    """
     was_training = model.training
     model.train()
     history = []
     try:
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             xb, yb = _batch(inputs, labels, batch_size, generator)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            if step == 1 and (logits.ndim != 2 or int(labels.max()) >= logits.shape[-1]):
+                raise ValueError(f"labels must be below the number of classes: the model returns logits of shape "
+                                 f"{tuple(logits.shape)}, the largest label is {int(labels.max())}")
+            loss = F.cross_entropy(logits, yb)
             if extra is not None:
                 loss = loss + extra()
+            value = float(loss.detach())
+            if not math.isfinite(value):  # before the step: the weights stay those of the last finite loss
+                raise NonFiniteLossError(f"training loss became NaN or Inf at step {step}; training stopped with the "
+                                         f"weights of step {step - 1}. Try a smaller lr", step,
+                                         TrainHistory(steps=step - 1))
             loss.backward()
             opt.step()
-            history.append(float(loss.detach()))
+            history.append(value)
     finally:
         model.train(was_training)
     return history
@@ -125,7 +142,7 @@ def finetune_few_shot(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
 
     Returns the training loss at each step.
     """
-    _check_data(inputs, labels, model)
+    _check_data(inputs, labels, model, batch_size, generator)
     steps = _steps(steps)
     opt = torch.optim.Adam(model.parameters(), lr=check_positive(lr, "lr"))
     return _cross_entropy_steps(model, opt, inputs, labels, steps, batch_size, generator)

@@ -18,18 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_nonnegative
+from .._checks import as_state_dict, check_nonnegative
 
 
-def _state_dict(obj: Any, name: str) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if not isinstance(v, torch.Tensor):
-                raise TypeError(f"{name}[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
-        return obj
-    raise TypeError(f"{name} must be an nn.Module or a state_dict (a mapping of tensors), got {type(obj).__name__}")
+def check_module(obj: Any, name: str) -> nn.Module:
+    """``obj`` itself when it is an :class:`torch.nn.Module`, else a :class:`TypeError` naming ``name``."""
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(obj).__name__}")
+    return obj
 
 
 def check_same_layout(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
@@ -68,8 +64,8 @@ def task_vector(finetuned: Any, pretrained: Any) -> dict[str, torch.Tensor]:
         >>> tv["w"].tolist()
         [2.0, 0.0]
     """
-    ft = _state_dict(finetuned, "finetuned")
-    pre = _state_dict(pretrained, "pretrained")
+    ft = as_state_dict(finetuned, "finetuned")
+    pre = as_state_dict(pretrained, "pretrained")
     check_same_layout(ft, pre, ("finetuned", "pretrained"))
     return {k: (v.detach() - pre[k].detach().to(v.dtype)).clone()
             for k, v in ft.items() if v.is_floating_point()}
@@ -87,9 +83,10 @@ def apply_task_vector(model: nn.Module, tau: Mapping[str, torch.Tensor], scale: 
         scale: the task-vector scale :math:`s \ge 0` (default 1).
     """
     s = check_nonnegative(scale, "scale")
+    check_module(model, "model")
     out = copy.deepcopy(model)
     state = out.state_dict()
-    tau = _state_dict(tau, "tau")
+    tau = as_state_dict(tau, "tau")
     check_subset(tau, state, ("tau", "model"))
     with torch.no_grad():
         for k, v in tau.items():
