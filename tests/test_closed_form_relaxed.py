@@ -58,6 +58,18 @@ def test_penalty_roots_solve_the_cubic_and_minimise(sigma, c, mu):
         assert h(si, zi) <= h(grid, zi).min() + 1e-9 * (1 + abs(h(si, zi)))
 
 
+def test_penalty_roots_at_the_ends_of_mu():
+    """mu = 0 is least squares sigma / c, mu = inf the orthonormal 1; c = mu = 0 has no minimiser."""
+    sigma = torch.tensor([0.0, 0.3, 2.0, 7.5], dtype=torch.float64)
+    assert torch.equal(penalty_singular_values(sigma, 2.5, 0.0), sigma / 2.5)
+    assert torch.equal(penalty_singular_values(sigma, 2.5, math.inf), torch.ones(4, dtype=torch.float64))
+    s32 = penalty_singular_values(sigma.float(), 2.5, 1e-3)
+    assert s32.dtype == torch.float32
+    torch.testing.assert_close(s32.double(), penalty_singular_values(sigma, 2.5, 1e-3), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="c > 0 or mu > 0"):
+        penalty_singular_values(sigma, 0.0, 0.0)
+
+
 @settings(max_examples=15)
 @given(z=st.lists(st.floats(0, 5), min_size=1, max_size=6), radius=st.floats(0, 3))
 def test_frobenius_projection_is_feasible_and_nearest(z, radius):

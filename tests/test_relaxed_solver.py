@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import relaxedortho as ro
 from relaxedortho.closed_form import (accumulate_moments, fit_closed_form, lambda_init, solve_relaxed_band,
                                       solve_relaxed_frobenius, solve_relaxed_penalty)
 from relaxedortho.closed_form.singular_value_maps import (GRAM_FLOOR, ball_values, cubic_roots,
@@ -233,6 +234,7 @@ def test_convergence_warning_at_max_iter():
     with pytest.warns(ConvergenceWarning):
         lambda_init(X, Y, lam=0.5, max_iter=1)
     assert issubclass(ConvergenceWarning, UserWarning)
+    assert ro.ConvergenceWarning is ConvergenceWarning and "ConvergenceWarning" in ro.__all__  # the public name
 
 
 def test_max_iter_and_tol_are_checked():
