@@ -56,11 +56,21 @@ def as_float_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
     return t
 
 
+def check_int(value: Any, name: str, *, minimum: int = 1, none_means: str | None = None) -> int | None:
+    """An integer (Python or NumPy, never a bool) ``>= minimum``, returned as ``int``; ``None`` passes through
+    when ``none_means`` says what it means (it is then named in the error). Raises :class:`ValueError`."""
+    if value is None and none_means is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+        alt = f" or None ({none_means})" if none_means is not None else ""
+        raise ValueError(f"{name} must be {kind}{alt}, got {value!r}")
+    return int(value)
+
+
 def check_features(n: Any, name: str) -> int:
     """A positive integer feature count."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
+    return check_int(n, name)
 
 
 def check_nonnegative(value: Any, name: str, *, allow_inf: bool = False) -> float:

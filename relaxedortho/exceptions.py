@@ -1,8 +1,19 @@
-"""Warning classes of relaxedortho."""
+"""Warning and exception classes of relaxedortho (no dependencies: importing it costs nothing).
+
+One class per kind of event, shared by every solver of the package, so that a user filters them once
+(``warnings.simplefilter("error", relaxedortho.ConvergenceWarning)``).
+"""
 from __future__ import annotations
+
+__all__ = ["ConvergenceWarning"]
 
 
 class ConvergenceWarning(UserWarning):
-    """An iterative solver stopped at its iteration limit before its convergence test passed: the result is the
-    best point reached, possibly off the optimum. Raise the iteration limit (or the tolerance) and read the
-    solver's ``info`` (``residual``, ``converged``)."""
+    """An iterative solver stopped before reaching its tolerance (at ``max_iter``, or stalled without
+    progress); the result is the best point found, not the optimum. The message names the solver, the reason
+    and what to change (``max_iter``, ``tol``); filter with ``warnings.simplefilter("error", ConvergenceWarning)``
+    to make it an error.
+
+    The counterpart of :class:`sklearn.exceptions.ConvergenceWarning`, defined here so that importing
+    relaxedortho does not import scikit-learn.
+    """

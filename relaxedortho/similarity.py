@@ -1,6 +1,8 @@
 r"""Similarity measures between two sets of paired representations (``docs/math.md`` §9).
 
 Both take X (n×p) and Y (n×q) with paired rows (NumPy or torch), compute in float64 and return a Python float.
+Both are invariant to a positive scale of either set, so each set is first divided by its largest absolute entry:
+the result is the same for every finite input scale (no overflow at 1e200, no underflow at 1e-200).
 """
 from __future__ import annotations
 
@@ -12,14 +14,22 @@ import torch
 from ._checks import as_float_tensor, check_paired
 
 
+def _unit_max(x: torch.Tensor) -> torch.Tensor:
+    """``x`` divided by its largest absolute entry (unchanged when it is zero)."""
+    scale = x.abs().amax() if x.numel() else x.new_zeros(())
+    return x / scale if float(scale) > 0 else x
+
+
 def _pair(X: Any, Y: Any, center: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x = as_float_tensor(X, "X", ndim=2)
     y = as_float_tensor(Y, "Y", ndim=2)
     check_paired(x, y)
     if center and x.shape[0] < 2:
         raise ValueError(f"X and Y need at least 2 rows to be centred, got {x.shape[0]}")
-    x = x.to(torch.float64)
-    y = y.to(device=x.device, dtype=torch.float64)
+    # both measures are invariant to a positive scale of either set: divide each by its largest absolute entry
+    # first, so that no sum of squares (or column sum) overflows or underflows for any finite input
+    x = _unit_max(x.to(torch.float64))
+    y = _unit_max(y.to(device=x.device, dtype=torch.float64))
     if center:
         x, y = x - x.mean(0), y - y.mean(0)
     return x, y

@@ -278,7 +278,7 @@ row(cf.fit_closed_form, lambda f: fcf(X, Y, kind="rotation")(X[:, :3]), ValueErr
 row(cf.solve_closed_form, lambda f: cf.solve_closed_form(_moments(), kind="nope"), ValueError, "kind",
     "solve_closed_form-unknown-kind")
 row(cf.solve_closed_form, lambda f: cf.solve_closed_form("moments"), TypeError, "moments",
-    "solve_closed_form-not-moments", pending="harden-closed")
+    "solve_closed_form-not-moments")
 row(cf.ClosedFormAlignment, lambda f: cf.ClosedFormAlignment(kind="nope").fit(X, Y), ValueError, "kind",
     "estimator-unknown-kind")
 row(cf.ClosedFormAlignment, lambda f: cf.ClosedFormAlignment().predict(X), Exception, "fit",
@@ -309,7 +309,7 @@ row(cf.generalized_procrustes, lambda f: cf.generalized_procrustes([X, Y[:-1]]),
     "gpa-row-mismatch")
 row(cf.generalized_procrustes, lambda f: cf.generalized_procrustes([X, X_NAN]), ValueError, "NaN", "gpa-nan")
 row(cf.generalized_procrustes, lambda f: cf.generalized_procrustes([X, Y], max_iter=0), ValueError, "max_iter",
-    "gpa-zero-max-iter", pending="harden-closed")
+    "gpa-zero-max-iter")
 row(cf.band_from_epsilon, lambda f: cf.band_from_epsilon(-0.5), ValueError, "epsilon", "band_from_epsilon-negative")
 row(cf.band_from_epsilon, lambda f: cf.band_from_epsilon("0.5"), TypeError, "epsilon", "band_from_epsilon-str")
 row(cf.penalty_singular_values, lambda f: cf.penalty_singular_values(torch.ones(3), c=1.0, mu=-1.0), ValueError,
@@ -329,23 +329,29 @@ row(cf.projected_gradient, lambda f: cf.projected_gradient(W44, W44, cf.frobeniu
 row(cf.projected_gradient, lambda f: cf.projected_gradient(W44, W44, cf.frobenius_singular_values, W44,
                                                            max_iter=0), ValueError, "max_iter",
     "projected_gradient-zero-max-iter")
-row(cf.polar_factor, lambda f: cf.polar_factor(X_NAN[:4]), ValueError, "NaN", "polar_factor-nan",
-    pending="harden-closed")
-row(cf.polar_factor, lambda f: cf.polar_factor(X_1D), ValueError, "2-D", "polar_factor-1d", pending="harden-closed")
-row(cf.rotation_factor, lambda f: cf.rotation_factor(W44[:3]), ValueError, "square", "rotation_factor-rectangular",
-    pending="harden-closed")
-row(cf.rotation_factor, lambda f: cf.rotation_factor(X_NAN[:4]), ValueError, "NaN", "rotation_factor-nan",
-    pending="harden-closed")
+row(cf.polar_factor, lambda f: cf.polar_factor(X_NAN[:4]), ValueError, "NaN", "polar_factor-nan")
+row(cf.polar_factor, lambda f: cf.polar_factor(X_1D), ValueError, "2-D", "polar_factor-1d")
+row(cf.rotation_factor, lambda f: cf.rotation_factor(W44[:3]), ValueError, "square", "rotation_factor-rectangular")
+row(cf.rotation_factor, lambda f: cf.rotation_factor(X_NAN[:4]), ValueError, "NaN", "rotation_factor-nan")
 for solver, kw in ((cf.solve_orthogonal, {}), (cf.solve_rotation, {}), (cf.solve_orthogonal_lsq, {}),
                    (cf.solve_centered, {}), (cf.solve_similarity, {}),
                    (cf.solve_anchored, {"prior": W44, "gamma": 1.0}),
                    (cf.solve_affine, {}), (cf.solve_cca, {}), (cf.solve_relaxed_penalty, {"mu": 1.0}),
                    (cf.solve_relaxed_band, {}), (cf.solve_relaxed_frobenius, {"radius": 1.0})):
-    pend = None if "relaxed" in solver.__name__ else "harden-closed"
-    row(solver, lambda f, s=solver, k=kw: s(X, **k), TypeError, "PairedMoments", f"{solver.__name__}-not-moments",
-        pending=pend)
+    row(solver, lambda f, s=solver, k=kw: s(X, **k), TypeError, "PairedMoments", f"{solver.__name__}-not-moments")
 row(cf.solve_orthogonal_lsq, lambda f: cf.solve_orthogonal_lsq(_moments(), max_iter=0), ValueError, "max_iter",
-    "solve_orthogonal_lsq-zero-max-iter", pending="harden-closed")
+    "solve_orthogonal_lsq-zero-max-iter")
+row(cf.solve_orthogonal_lsq, lambda f: cf.solve_orthogonal_lsq(_moments(), restarts=-1), ValueError, "restarts",
+    "solve_orthogonal_lsq-negative-restarts")
+row(cf.solve_orthogonal_lsq, lambda f: cf.solve_orthogonal_lsq(_moments(), tol=math.nan), ValueError, "tol",
+    "solve_orthogonal_lsq-nan-tol")
+row(cf.fit_closed_form, lambda f: fcf(X, Y3, kind="orthogonal_lsq", max_iter=0), ValueError, "max_iter",
+    "fcf-orthogonal_lsq-zero-max-iter")
+row(cf.polar_factor, lambda f: cf.polar_factor(torch.ones(3, 2, dtype=torch.int64)), TypeError, "M",
+    "polar_factor-int")
+row(cf.generalized_procrustes, lambda f: cf.generalized_procrustes(X), TypeError, "views", "gpa-tensor-not-list")
+row(cf.generalized_procrustes, lambda f: cf.generalized_procrustes([X, Y], center="no"), TypeError, "center",
+    "gpa-center-str")
 row(cf.solve_anchored, lambda f: cf.solve_anchored(_moments(), prior=W44[:3], gamma=1.0), ValueError, "prior",
     "solve_anchored-prior-shape")
 row(cf.solve_anchored, lambda f: cf.solve_anchored(_moments(), prior=W44, gamma=-1.0), ValueError, "gamma",
@@ -371,8 +377,7 @@ for fn in (similarity.linear_cka, similarity.procrustes_distance):
 
 # ----------------------------------------------------------------------------------------------- rows: metrics
 QL, GL = LABELS, LABELS
-row(metrics.cmc, lambda f: metrics.cmc(X, Y, QL, GL, topk=1.5), ValueError, "topk", "cmc-float-topk",
-    pending="harden-closed")
+row(metrics.cmc, lambda f: metrics.cmc(X, Y, QL, GL, topk=1.5), ValueError, "topk", "cmc-float-topk")
 row(metrics.cmc, lambda f: metrics.cmc(X, Y, QL, GL, topk=0), ValueError, "topk", "cmc-zero-topk")
 row(metrics.cmc, lambda f: metrics.cmc(X_NAN, Y, QL, GL), ValueError, "query contains NaN", "cmc-nan")
 row(metrics.cmc, lambda f: metrics.cmc(X, Y3, QL, GL), ValueError, "feature dimension", "cmc-width-mismatch")
@@ -407,7 +412,7 @@ row(metrics.compatibility_matrix, lambda f: metrics.compatibility_matrix([], [],
 row(metrics.compatibility_matrix_from_models, lambda f: metrics.compatibility_matrix_from_models(
     [nn.Identity()], X, Y, QL, GL, batch_size=0), ValueError, "batch_size", "compat_from_models-zero-batch")
 row(metrics.compatibility_matrix_from_models, lambda f: metrics.compatibility_matrix_from_models(
-    ["model"], X, Y, QL, GL), TypeError, "models", "compat_from_models-not-callable", pending="harden-closed")
+    ["model"], X, Y, QL, GL), TypeError, "models", "compat_from_models-not-callable")
 for fn in (metrics.empirical_compatibility, metrics.average_compatibility, metrics.average_multimodel_accuracy):
     row(fn, lambda f, g=fn: g(np.ones((2, 3))), ValueError, "square", f"{fn.__name__}-not-square")
     row(fn, lambda f, g=fn: g("M"), (TypeError, ValueError), "M", f"{fn.__name__}-string")
@@ -422,7 +427,7 @@ row(metrics.backfilling_curve, lambda f: metrics.backfilling_curve(X, Y, Y, QL, 
 row(metrics.backfilling_curve, lambda f: metrics.backfilling_curve(X, Y, Y, QL, GL, fractions=[0.0, 1.5]),
     ValueError, "fractions", "backfilling_curve-fraction-above-1")
 row(metrics.RetrievalReport, lambda f: metrics.retrieval_report(X, Y, QL, GL, compute_map="yes"), TypeError,
-    "compute_map", "retrieval_report-compute-map-str", pending="harden-closed")
+    "compute_map", "retrieval_report-compute-map-str")
 row(metrics.BackfillingCurve, lambda f: metrics.backfilling_curve(X, Y, Y, QL, GL, metric="recall"), ValueError,
     "metric", "backfilling_curve-bad-metric")
 
@@ -1262,6 +1267,7 @@ PUBLIC_MODULES = ("relaxedortho", "relaxedortho.closed_form", "relaxedortho.metr
 
 #: Public callables that take no input of their own to validate, with the reason.
 EXEMPT = {
+    "relaxedortho.ConvergenceWarning": "a warning class, issued by the library's iterative solvers",
     "relaxedortho.training.NonFiniteLossError": "an exception class, raised by the library",
     "relaxedortho.training.TrainingDivergedError": "an exception class, raised by the library",
     "relaxedortho.training.TrainHistory": "a record returned by the trainers",
@@ -1271,7 +1277,6 @@ EXEMPT = {
                                               "what they accept)",
     "relaxedortho.riemannian.KarcherMean": "a record returned by karcher_mean",
     "relaxedortho.riemannian.WeightMatching": "a record returned by weight_matching",
-    "relaxedortho.ConvergenceWarning": "a warning class, emitted by the library's iterative solvers",
 }
 
 

@@ -1,15 +1,17 @@
 """Closed forms of the Procrustes family, least squares and CCA: property tests against SciPy / NumPy."""
 import math
+import warnings
 
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.optimize
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import relaxedortho as ro
-from relaxedortho.closed_form import (KINDS, fit_closed_form, generalized_procrustes,
+from relaxedortho.closed_form import (KINDS, ClosedFormAlignment, fit_closed_form, generalized_procrustes,
                                       solve_orthogonal_lsq, accumulate_moments)
 
 seeds = st.integers(0, 2**31 - 1)
@@ -152,26 +154,132 @@ def test_rank_deficient_and_few_shot_still_orthogonal(n, d, seed):
 
 
 # -- compressing least squares ----------------------------------------------------------------------
-@given(n=st.integers(10, 40), p=st.integers(2, 7), q=st.integers(1, 4), seed=seeds)
-def test_orthogonal_lsq_never_worse_than_uvt_and_stationary(n, p, q, seed):
+def lsq_objective(A, M, W):
+    return float(np.sum(W * (A @ W)) - 2 * np.sum(W * M))
+
+
+def lsq_reference(A, M, p, q, rng, starts=6):
+    """Independent solver: BFGS over an unconstrained Z with W = Z (Z^T Z)^{-1/2} (onto the Stiefel manifold;
+    gradient by autograd), from many random starts; the best objective found."""
+    At, Mt = torch.from_numpy(A), torch.from_numpy(M)
+    scale = np.linalg.norm(A, 2) + np.linalg.norm(M, 2)
+
+    def fun(z):
+        Z = torch.tensor(z.reshape(p, q), requires_grad=True)
+        e, V = torch.linalg.eigh(Z.T @ Z)
+        W = Z @ (V * e.rsqrt()) @ V.T
+        f = (W * (At @ W)).sum() - 2 * (W * Mt).sum()
+        f.backward()
+        return float(f.detach()), Z.grad.numpy().reshape(-1).copy()
+    return min(scipy.optimize.minimize(fun, rng.standard_normal(p * q), jac=True, method="BFGS",
+                                       options={"gtol": 1e-9 * scale, "maxiter": 5000}).fun for _ in range(starts))
+
+
+def sphere_lsq(A, b):
+    """q = 1 exactly: min x^T A x - 2 b^T x on the unit sphere (the trust-region subproblem). The global
+    minimiser solves (A - mu I) x = b with mu <= lambda_min(A) and ||x|| = 1 (Gay 1981; More & Sorensen 1983);
+    ||x(mu)|| increases on (-inf, lambda_min), so bisect on mu (the 'hard case' is excluded by the caller)."""
+    lam, V = np.linalg.eigh(A)
+    c = V.T @ b
+    norm = lambda mu: np.sqrt(np.sum((c / (lam - mu)) ** 2))  # noqa: E731
+    lo, hi = lam[0] - np.linalg.norm(b) - 1.0, lam[0] - 1e-300
+    while norm(lo) > 1:
+        lo -= 2 * (lam[0] - lo)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if norm(mid) < 1 else (lo, mid)
+    return V @ (c / (lam - lo))
+
+
+def _ill_conditioned(rng, n, p, q, decades):
+    """Features with scales 1 ... 10^-decades in a random basis, an offset, and a planted Stiefel map."""
+    X = (rng.standard_normal((n, p)) * np.logspace(0, -decades, p)) @ haar(p, rng) + 0.5
+    Y = X @ stiefel(p, q, rng) + rng.uniform(0.01, 2.0) * rng.standard_normal((n, q)) * X.std()
+    return X, Y
+
+
+@settings(max_examples=15)  # the multi-start reference costs about a second per example
+@given(n=st.integers(8, 40), p=st.integers(2, 5), q=st.integers(1, 4), decades=st.floats(0, 2.5), seed=seeds)
+def test_orthogonal_lsq_is_the_global_optimum(n, p, q, decades, seed):
+    """Against an independent multi-start solver on ill-conditioned data (issue 11 defect 4); first-order
+    optimality, never worse than UV^T, a monotone history, and the certificate is a true lower bound."""
     assume(p > q)
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, p)) * rng.uniform(0.2, 3.0, p)  # anisotropic: UV^T is not optimal
-    Y = rng.standard_normal((n, q))
-    m = fit_closed_form(X, Y, kind="orthogonal_lsq", max_iter=5000, tol=1e-15)
+    X, Y = _ill_conditioned(rng, n, p, q, decades)
+    A, M = X.T @ X, X.T @ Y
+    m = fit_closed_form(X, Y, kind="orthogonal_lsq")
+    sol = solve_orthogonal_lsq(accumulate_moments(X, Y))
     W, W0 = rows_weight(m), rows_weight(fit_closed_form(X, Y, kind="orthogonal"))
     assert m.orthogonality_error() < 1e-12
-    assert sse(X, Y, W) <= sse(X, Y, W0) + 1e-9
-    sol = solve_orthogonal_lsq(accumulate_moments(X, Y), max_iter=300)
+    scale = np.linalg.norm(A, 2) + np.linalg.norm(M, 2)
+    f = lsq_objective(A, M, W)
+    assert f <= lsq_objective(A, M, W0) + 1e-12 * scale
+    assert f <= lsq_reference(A, M, p, q, rng) + 1e-9 * scale
+    assert sol.info["converged"] and sol.info["gradient_norm"] <= 1e-12
     hist = sol.info["objective"]
-    assert all(b <= a + 1e-9 * abs(a) for a, b in zip(hist, hist[1:]))  # monotone
-    for _ in range(30):
-        assert sse(X, Y, W) <= sse(X, Y, stiefel(p, q, rng)) + 1e-8
+    assert all(b <= a + 1e-12 * scale for a, b in zip(hist, hist[1:]))
     # first-order optimality on the Stiefel manifold: grad - W sym(W^T grad) = 0
-    G = 2 * (X.T @ X @ W - X.T @ Y)
+    G = 2 * (A @ W - M)
     S = W.T @ G
-    riem = G - W @ (S + S.T) / 2
-    assert np.linalg.norm(riem) <= 1e-4 * (1 + np.linalg.norm(G))
+    assert np.linalg.norm(G - W @ (S + S.T) / 2) <= 1e-9 * scale
+    if sol.info["certified_global"]:  # lambda_max(sym W^T(AW - M)) <= lambda_min(A), checked here in NumPy
+        L = W.T @ (A @ W - M)
+        assert np.linalg.eigvalsh((L + L.T) / 2)[-1] <= np.linalg.eigvalsh(A)[0] + 1e-9 * scale
+
+
+@given(n=st.integers(4, 30), p=st.integers(2, 8), decades=st.floats(0, 4), seed=seeds)
+def test_orthogonal_lsq_one_column_is_the_trust_region_subproblem(n, p, decades, seed):
+    """q = 1 has an exact global solution (the trust-region subproblem); the solver finds it."""
+    rng = np.random.default_rng(seed)
+    X, Y = _ill_conditioned(rng, n, p, 1, decades)
+    A, b = X.T @ X, (X.T @ Y)[:, 0]
+    lam, V = np.linalg.eigh(A)
+    assume(abs(V[:, 0] @ b) > 1e-6 * np.linalg.norm(b))  # not the hard case (b orthogonal to the bottom space)
+    x = sphere_lsq(A, b)
+    W = rows_weight(fit_closed_form(X, Y, kind="orthogonal_lsq"))[:, 0]
+    scale = np.linalg.norm(A, 2) + np.linalg.norm(b)
+    assert lsq_objective(A, b[:, None], W[:, None]) <= lsq_objective(A, b[:, None], x[:, None]) + 1e-11 * scale
+
+
+def test_orthogonal_lsq_issue_reproducer_converges_with_the_defaults():
+    """p = 64, q = 16, feature scales 1 ... 0.01: Kiers' majorization stopped at 500 iterations 2.5x above the
+    optimum (it needs ~26 000); the trust-region solver converges, certified global, in a few iterations."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 64)) * np.logspace(0, -2, 64)
+    Y = rng.standard_normal((500, 16))
+    A, M = X.T @ X, X.T @ Y
+    sol = solve_orthogonal_lsq(accumulate_moments(X, Y))
+    assert sol.info["converged"] and sol.info["certified_global"] and sol.info["iterations"] < 50
+    W = sol.W.numpy()
+    L = W.T @ (A @ W - M)  # the global certificate, recomputed independently
+    assert np.abs(L - L.T).max() < 1e-9 * np.abs(L).max()
+    assert np.linalg.eigvalsh((L + L.T) / 2)[-1] <= np.linalg.eigvalsh(A)[0]
+    # Kiers' majorization, written out here: 0.03 away after its old default of 500 steps, the same map
+    # (to 1e-8) after 12 000
+    rho = np.linalg.eigvalsh(A)[-1]
+    u, _, vh = np.linalg.svd(M, full_matrices=False)
+    Wk = u @ vh
+    for it in range(1, 12001):
+        u, _, vh = np.linalg.svd(M + rho * Wk - A @ Wk, full_matrices=False)
+        Wk = u @ vh
+        if it == 500:
+            assert np.linalg.norm(Wk - W) > 1e-2
+            assert lsq_objective(A, M, Wk) > lsq_objective(A, M, W) + 1e-3
+    assert np.linalg.norm(Wk - W) < 1e-8
+
+
+def test_orthogonal_lsq_warns_when_it_stops_early():
+    from relaxedortho.exceptions import ConvergenceWarning
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 12)) * np.logspace(0, -2, 12)
+    Y = X @ stiefel(12, 4, rng) + 0.1 * rng.standard_normal((300, 4))
+    with pytest.warns(ConvergenceWarning, match="max_iter=1 trust-region iterations"):
+        sol = solve_orthogonal_lsq(accumulate_moments(X, Y), max_iter=1)
+    assert not sol.info["converged"] and sol.info["gradient_norm"] > 1e-12
+    with pytest.raises(ValueError, match="restarts"):
+        fit_closed_form(X, Y, kind="orthogonal_lsq", restarts=-1)
+    # one warning class for the project, exported lazily at the top level
+    assert ro.ConvergenceWarning is ConvergenceWarning and issubclass(ConvergenceWarning, UserWarning)
 
 
 def test_orthogonal_lsq_improves_on_uvt_and_is_exact_for_whitened_x():
@@ -278,40 +386,91 @@ def test_ridge_matches_sklearn(n, p, q, ridge, seed):
     np.testing.assert_allclose(m.bias.detach().numpy(), np.reshape(ref.intercept_, (q,)), atol=1e-8)
 
 
-def _inv_sqrt(C):
-    e, Q = np.linalg.eigh(C)
-    return (Q / np.sqrt(e)) @ Q.T
+def netrep_whitening(Xc, alpha, tol=1e-7):
+    """netrep's partial whitening written from its formula (docs/math.md §5), not from its code:
+    X^T X = V diag(lam) V^T, lam clipped at tol, Z = V diag(alpha + (1 - alpha) lam^-1/2) V^T, and the factor
+    k with trace((X kZ)^T X kZ) = trace(X^T X). Returns (Z, k)."""
+    lam, V = np.linalg.eigh(Xc.T @ Xc)
+    lam = np.maximum(lam, tol)
+    d = alpha + (1 - alpha) / np.sqrt(lam)
+    k = np.sqrt(lam.sum() / (d * d * lam).sum())
+    return (V * d) @ V.T, k
 
 
-@given(n=st.integers(20, 50), p=st.integers(1, 5), q=st.integers(1, 5), s=st.floats(0, 1), seed=seeds)
-def test_cca_matches_independent_implementation(n, p, q, s, seed):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, p)) @ rng.standard_normal((p, p))
-    Y = rng.standard_normal((n, q))
+def netrep_map(X, Y, alpha, tol=1e-7):
+    """X -> Y through netrep's aligned space: X Zx Q = Y Zy, Q = polar(Zx Xc^T Yc Zy), W = Zx Q Zy^-1."""
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    Px = s * np.eye(p) + (1 - s) * Xc.T @ Xc / n
-    Py = s * np.eye(q) + (1 - s) * Yc.T @ Yc / n
-    assume(np.linalg.eigvalsh(Px)[0] > 1e-6 and np.linalg.eigvalsh(Py)[0] > 1e-6)
-    T = _inv_sqrt(Px) @ Xc.T @ Yc @ _inv_sqrt(Py)
-    assume(well_conditioned(T))
-    u, _, vh = np.linalg.svd(T, full_matrices=False)
-    W = _inv_sqrt(Px) @ u @ vh @ scipy.linalg.sqrtm(Py).real
-    m = fit_closed_form(X, Y, kind="cca", shrinkage=s)
-    np.testing.assert_allclose(rows_weight(m), W, atol=1e-7 * (1 + np.abs(W).max()))
+    Zx, kx = netrep_whitening(Xc, alpha, tol)
+    Zy, ky = netrep_whitening(Yc, alpha, tol)
+    u, _, vh = np.linalg.svd(Zx @ Xc.T @ Yc @ Zy, full_matrices=False)
+    W = Zx @ u @ vh @ np.linalg.inv(Zy)
+    return W, Y.mean(0) - X.mean(0) @ W, kx * Zx, ky * Zy, Zx @ Xc.T @ Yc @ Zy
 
 
-def test_cca_ends_and_invariance():
+@given(n=st.integers(12, 50), p=st.integers(1, 5), q=st.integers(1, 5), alpha=st.floats(0, 1), seed=seeds,
+       log_scale=st.floats(-3, 3))
+def test_cca_matches_netrep_formula(n, p, q, alpha, seed, log_scale):
+    """shrinkage is netrep's alpha (issue 11 defect 9): against an independent NumPy implementation of netrep's
+    partial whitening, on anisotropic data with an offset, a planted map and n both above and below the width."""
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, p)) * np.logspace(0, -1.5, p)) @ haar(p, rng) * 10 ** log_scale + 3.0
+    Y = X @ rng.standard_normal((p, q)) + 0.5 * rng.standard_normal((n, q)) * 10 ** log_scale - 1.0
+    W_ref, b_ref, Zx_ref, Zy_ref, T = netrep_map(X, Y, alpha)
+    assume(well_conditioned(T, 1e-6))  # Q = polar(T) unique and well determined
+    sol = ro.closed_form.solve_closed_form(accumulate_moments(X, Y, second_moments=("x", "y")), "cca",
+                                           shrinkage=alpha, eigval_tol=1e-7)
+    tol = 1e-8 * (1 + np.abs(W_ref).max())
+    np.testing.assert_allclose(sol.W.numpy(), W_ref, atol=tol, rtol=0)
+    np.testing.assert_allclose(sol.bias.numpy(), b_ref, atol=tol * (1 + np.abs(X.mean(0)).sum()), rtol=0)
+    np.testing.assert_allclose(sol.info["whitening_x"].numpy(), Zx_ref, rtol=1e-8, atol=1e-10 * np.abs(Zx_ref).max())
+    np.testing.assert_allclose(sol.info["whitening_y"].numpy(), Zy_ref, rtol=1e-8, atol=1e-10 * np.abs(Zy_ref).max())
+    # the default floor (rounding level) agrees with netrep's 1e-7 whenever every eigenvalue is above it
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    if min(np.linalg.eigvalsh(Xc.T @ Xc)[0], np.linalg.eigvalsh(Yc.T @ Yc)[0]) > 1e-6:
+        m = fit_closed_form(X, Y, kind="cca", shrinkage=alpha)
+        np.testing.assert_allclose(rows_weight(m), W_ref, atol=tol, rtol=0)
+
+
+def test_cca_is_not_the_covariance_family_and_its_ends():
     rng = np.random.default_rng(3)
-    X, Y = rng.standard_normal((60, 4)), rng.standard_normal((60, 4))
+    X = rng.standard_normal((60, 4)) * [3.0, 1.0, 0.3, 0.1]
+    Y = X @ rng.standard_normal((4, 4)) + 0.3 * rng.standard_normal((60, 4))
+    # alpha = 1: centred orthogonal Procrustes
     np.testing.assert_allclose(rows_weight(fit_closed_form(X, Y, kind="cca", shrinkage=1.0)),
                                rows_weight(fit_closed_form(X, Y, kind="centered")), atol=1e-12)
-    # full whitening: predictions do not depend on an invertible re-mixing of X
+    # alpha = 0: full whitening, predictions do not depend on an invertible re-mixing of X; Y = XB exactly
     B = rng.standard_normal((4, 4)) + 3 * np.eye(4)
     a = fit_closed_form(X, Y, kind="cca")(torch.from_numpy(X))
     b = fit_closed_form(X @ B, Y, kind="cca")(torch.from_numpy(X @ B))
     np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(rows_weight(fit_closed_form(X, 2 * X @ B, kind="cca")), 2 * B, atol=1e-9)
+    # in between it interpolates the whitening MATRIX, not the covariance sI + (1 - s) Sigma
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    Px, Py = 0.5 * np.eye(4) + 0.5 * Xc.T @ Xc / 60, 0.5 * np.eye(4) + 0.5 * Yc.T @ Yc / 60
+    ih = lambda C: np.linalg.inv(scipy.linalg.sqrtm(C).real)  # noqa: E731
+    u, _, vh = np.linalg.svd(ih(Px) @ Xc.T @ Yc @ ih(Py))
+    W_cov = ih(Px) @ u @ vh @ scipy.linalg.sqrtm(Py).real
+    W = rows_weight(fit_closed_form(X, Y, kind="cca", shrinkage=0.5))
+    np.testing.assert_allclose(W, netrep_map(X, Y, 0.5)[0], atol=1e-9)
+    assert np.abs(W - W_cov).max() > 0.05
     with pytest.raises(ValueError, match="shrinkage"):
         fit_closed_form(X, Y, kind="cca", shrinkage=1.5)
+    with pytest.raises(ValueError, match="eigval_tol"):
+        fit_closed_form(X, Y, kind="cca", eigval_tol=0.0)
+
+
+def test_cca_rank_deficient_reproduces_netrep_with_its_floor():
+    """n < p: netrep clips the zero eigenvalues at 1e-7; eigval_tol=1e-7 reproduces it to rounding."""
+    rng = np.random.default_rng(8)
+    X, Y = rng.standard_normal((6, 9)), rng.standard_normal((6, 4))
+    for alpha in (0.0, 0.3, 0.9):
+        W_ref, b_ref, *_ = netrep_map(X, Y, alpha)
+        sol = ro.closed_form.solve_closed_form(accumulate_moments(X, Y, second_moments=("x", "y")), "cca",
+                                               shrinkage=alpha, eigval_tol=1e-7)
+        np.testing.assert_allclose(sol.W.numpy(), W_ref, rtol=1e-6, atol=1e-6 * np.abs(W_ref).max())
+    # the default drops the null directions of X instead (pseudo-inverse): finite, and the same on the data
+    m = fit_closed_form(X, Y, kind="cca")
+    assert np.isfinite(rows_weight(m)).all()
 
 
 # -- generalized Procrustes ---------------------------------------------------------------------------
@@ -397,3 +556,51 @@ def test_bad_input_messages():
         fit_closed_form(X)
     with pytest.raises(ValueError, match="2-dimensional"):
         fit_closed_form(np.ones(5), np.ones(5))
+
+
+_X = np.random.default_rng(0).standard_normal((10, 4))
+
+
+@pytest.mark.parametrize("call, err, phrase", [
+    (lambda: fit_closed_form(_X, _X, device="gpu7"), ValueError, "unknown device 'gpu7'"),
+    (lambda: fit_closed_form(_X, _X, kind=["orthogonal"]), ValueError, "kind must be one of"),
+    (lambda: fit_closed_form(_X, _X, kind="similarity", rotation="yes"), TypeError, "rotation must be a bool"),
+    (lambda: fit_closed_form(_X, _X, kind="cca", eigval_tol=-1), ValueError, "eigval_tol must be"),
+    (lambda: fit_closed_form(_X, _X[:, :2], kind="orthogonal_lsq", restarts=1.5), ValueError, "restarts must"),
+    (lambda: fit_closed_form(_X[:, :0], _X), ValueError, "X has no columns"),
+    (lambda: fit_closed_form(_X, _X, kind="anchored", prior=np.full((4, 4), np.nan), gamma=1.0), ValueError,
+     "prior contains NaN"),
+    (lambda: ro.closed_form.solve_closed_form(_X, "orthogonal"), TypeError, "must be a PairedMoments"),
+    (lambda: ClosedFormAlignment("ridge").fit(_X, _X, kind="affine"), TypeError, "fit\\(\\) takes only"),
+    (lambda: ClosedFormAlignment().fit(_X, _X).score(_X, _X[:3]), ValueError, "Y must have shape"),
+])
+def test_bad_input_table(call, err, phrase):
+    """One-line errors that name the argument and the problem (issue 11, bad input)."""
+    with pytest.raises(err, match=phrase) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_gpu_is_one_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        fit_closed_form(_X, _X, device="cuda")
+
+
+def test_orthogonal_lsq_polishes_w_to_rounding_level():
+    """Offset-heavy features make the Hessian ill-conditioned: the gradient criterion (1e-12) alone left W
+    1e-9 from the optimum, so moments that differ by rounding (two shards merged vs one pass) gave maps 1e-9
+    apart. The polishing Newton steps bring W to rounding level: both agree to 1e-11 and with a run to tol=0."""
+    rng = np.random.default_rng(1)
+    X = 20.0 + rng.standard_normal((90, 6)) * np.geomspace(2.0, 0.2, 6)
+    W0 = np.linalg.qr(rng.standard_normal((6, 6)))[0][:, :4]
+    Y = X @ W0 - 7.0 + 0.1 * rng.standard_normal((90, 4))
+    whole = accumulate_moments(X, Y, means=False)
+    merged = accumulate_moments(X[:37], Y[:37], means=False).merge(accumulate_moments(X[37:], Y[37:], means=False))
+    a, b = solve_orthogonal_lsq(whole), solve_orthogonal_lsq(merged)
+    assert a.info["converged"] and a.info["polish_steps"] >= 1 and a.info["gradient_norm"] < 1e-14
+    np.testing.assert_allclose(a.W.numpy(), b.W.numpy(), atol=1e-11, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tol=0 cannot be met: it runs to max_iter and says so
+        ref = solve_orthogonal_lsq(whole, tol=0.0, max_iter=40, restarts=0)
+    np.testing.assert_allclose(a.W.numpy(), ref.W.numpy(), atol=1e-11, rtol=0)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from relaxedortho import metrics as M
@@ -342,3 +342,67 @@ def test_backfilling_orders():
     with pytest.raises(ValueError, match="fractions"):
         M.backfilling_curve(g, g, g, [0, 1, 0, 0], [0, 1, 0, 0], fractions=[0.5, 0.2])
     assert math.isfinite(M.backfilling_curve(g, g, g, [0, 1, 0, 0], [0, 1, 0, 0], fractions=[0.3]).area)
+
+
+# ----------------------------------------------------------------------------------- scale invariance
+# Cosine similarity is invariant to a positive scale of any row; normalising must not overflow or underflow
+# (float32 rows of size 1e20 once gave top-1 0.0, rows of size 1e-30 gave 0.933, issue 11 defect 5).
+_EXPONENTS = {np.float32: 30, np.float64: 300}
+
+
+def _separated_problem(seed: int):
+    """Gaussian features whose float64 similarities are at least 1e-3 apart within each row, so rounding
+    cannot reorder a ranking and the metrics must equal the brute force exactly."""
+    rng = np.random.default_rng(seed)
+    q, g = rng.standard_normal((9, 5)), rng.standard_normal((14, 5))
+    ql, gl = rng.integers(0, 3, 9), rng.integers(0, 3, 14)
+    gl[:3] = [0, 1, 2]
+    S = _normalise(q) @ _normalise(g).T
+    gaps = np.diff(np.sort(S, axis=1), axis=1)
+    return q, g, ql, gl, float(gaps.min())
+
+
+def _scaled(x: np.ndarray, dtype, exponents: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (rounded to ``dtype`` first) times 10**exponent, rounded once more to ``dtype``."""
+    x = x.astype(dtype).astype(np.float64)
+    return (x * 10.0 ** exponents[:, None]).astype(dtype)
+
+
+@given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float32, np.float64]),
+       exponent=st.integers(-300, 300), per_row=st.booleans())
+def test_cosine_metrics_are_scale_invariant_for_every_finite_scale(seed, dtype, exponent, per_row):
+    q, g, ql, gl, gap = _separated_problem(seed)
+    assume(gap >= 1e-3)
+    top = _EXPONENTS[dtype]
+    e = max(-top, min(top, exponent))
+    rng = np.random.default_rng(seed)
+    eq = rng.integers(-top, top + 1, len(q)) if per_row else np.full(len(q), e)
+    eg = rng.integers(-top, top + 1, len(g)) if per_row else np.full(len(g), e)
+    qs, gs = _scaled(q, dtype, eq), _scaled(g, dtype, eg)
+    assert np.isfinite(qs).all() and np.isfinite(gs).all()
+    ref_cmc, ref_map, _ = brute_force(q.astype(dtype), g.astype(dtype), ql, gl, (1, 3), False)
+    rep = M.retrieval_report(qs, gs, ql, gl, (1, 3))
+    assert rep.cmc == pytest.approx(ref_cmc, abs=1e-12)
+    assert rep.map == pytest.approx(ref_map, abs=1e-12)
+    # every cosine-based entry point: the compatibility matrix and the backfilling curve and order
+    cm = M.compatibility_matrix([qs, q.astype(dtype)], [gs, g.astype(dtype)], ql, gl, metric="map")
+    np.testing.assert_allclose(cm, np.full((2, 2), ref_map), atol=1e-12)
+    curve = M.backfilling_curve(qs, g.astype(dtype), gs, ql, gl, order="distance", metric="top3",
+                                fractions=[0.0, 0.5, 1.0])
+    np.testing.assert_allclose(curve.values, ref_cmc[3], atol=1e-12)
+    # the order comes from the old gallery as passed (g rounded to dtype); float64 g can differ at near ties of
+    # the class-mean distances, which the similarity gap above does not separate
+    assert curve.order.tolist() == M.backfilling_order(g.astype(dtype), gl, "distance").tolist()
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float32, 1e-30), (np.float32, 1e30),
+                                          (np.float64, 1e200), (np.float64, 1e-300)])
+def test_issue_reproducer_extreme_feature_scale(dtype, scale):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((30, 8)).astype(np.float32)
+    g = q + 0.01 * rng.standard_normal((30, 8)).astype(np.float32)
+    y = np.arange(30) % 5
+    ref = M.retrieval_report(q, g, y, y, (1,))
+    assert ref.cmc == {1: 1.0}
+    rep = M.retrieval_report(q.astype(dtype) * scale, g.astype(dtype) * scale, y, y, (1,))
+    assert rep.cmc == ref.cmc and rep.map == pytest.approx(ref.map, abs=1e-6)

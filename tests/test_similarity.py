@@ -100,3 +100,34 @@ def test_procrustes_distance_options_and_errors():
         procrustes_distance(np.ones((4, 2)), X[:4])
     with pytest.raises(ValueError, match="at least 2 rows"):
         procrustes_distance(X[:1], X[:1])
+
+
+@given(n=st.integers(3, 25), p=st.integers(1, 6), q=st.integers(1, 6), seed=seeds,
+       ex=st.integers(-300, 300), ey=st.integers(-300, 300), dtype=st.sampled_from([np.float32, np.float64]))
+def test_scale_invariance_for_every_finite_scale(n, p, q, seed, ex, ey, dtype):
+    """Both measures are invariant to a positive scale of either set, for every finite input: no overflow at
+    1e200 (CKA was NaN, the Procrustes distance sqrt 2), no underflow at 1e-200 (issue 11 defect 5)."""
+    top = 30 if dtype == np.float32 else 300
+    ex, ey = max(-top, min(top, ex)), max(-top, min(top, ey))
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p)).astype(dtype).astype(np.float64) + 2.0  # an offset: centring must not overflow
+    Y = (X[:, :1] @ rng.standard_normal((1, q)) + rng.standard_normal((n, q))).astype(dtype).astype(np.float64)
+    Xs, Ys = (X * 10.0 ** ex).astype(dtype), (Y * 10.0 ** ey).astype(dtype)
+    assert np.isfinite(Xs).all() and np.isfinite(Ys).all()
+    tol = 1e-9 if dtype == np.float64 else 1e-5
+    assert abs(linear_cka(Xs, Ys) - cka_reference(X, Y)) < tol
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    nuc = min(1.0, np.linalg.svd((Xc / np.linalg.norm(Xc)).T @ (Yc / np.linalg.norm(Yc)), compute_uv=False).sum())
+    assert abs(procrustes_distance(Xs, Ys) - math.sqrt(max(0.0, 2 - 2 * nuc))) < math.sqrt(tol)
+    assert abs(procrustes_distance(Xs, Ys, angular=True) - math.acos(nuc)) < math.sqrt(tol)
+    nuc0 = min(1.0, np.linalg.svd((X / np.linalg.norm(X)).T @ (Y / np.linalg.norm(Y)), compute_uv=False).sum())
+    assert abs(procrustes_distance(Xs, Ys, angular=True, center=False) - math.acos(nuc0)) < math.sqrt(tol)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200, 1e300])
+def test_issue_reproducer_extreme_scale(scale):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 6))
+    Y = X @ rng.standard_normal((6, 4))
+    assert linear_cka(X * scale, Y * scale) == pytest.approx(linear_cka(X, Y), abs=1e-12)
+    assert procrustes_distance(X * scale, Y * scale) == pytest.approx(procrustes_distance(X, Y), abs=1e-7)

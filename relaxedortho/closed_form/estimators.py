@@ -54,11 +54,10 @@ class ClosedFormAlignment(TransformerMixin, RegressorMixin, BaseEstimator):
             are stored in ``options``, so :meth:`get_params` returns ``{"kind": ..., "options": {...}}``.
             Nothing is checked until :meth:`fit` (the scikit-learn convention).
 
-    Attributes (after :meth:`fit`):
-        map_: the fitted map module (:class:`~relaxedortho.OrthogonalLinear` or :class:`~relaxedortho.AffineMap`).
-        coef_: its weight as a NumPy array, shape ``(n_targets, n_features)`` as in scikit-learn.
-        intercept_: the bias ``(n_targets,)``, zeros for maps without bias.
-        n_features_in_: the width of ``X``.
+    Fitted attributes (after :meth:`fit`): ``map_``, the fitted map module (:class:`~relaxedortho.OrthogonalLinear`
+    or :class:`~relaxedortho.AffineMap`); ``coef_``, its weight as a NumPy array of shape
+    ``(n_targets, n_features)`` as in scikit-learn; ``intercept_``, the bias ``(n_targets,)`` (zeros for maps
+    without bias); ``n_features_in_``, the width of ``X``.
 
     A 1-D target ``y`` is fitted as one column and predicted as 1-D, as scikit-learn regressors do. Integer inputs
     are converted to float64; NaN, Inf, sparse matrices and complex numbers are refused with scikit-learn's errors.

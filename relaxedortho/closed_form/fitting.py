@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from . import linear, permutation, procrustes, relaxed
-from .._checks import check_device
+from .._checks import check_device, check_int, check_nonnegative
 from .distributed import solve_once
 from .solution import ClosedFormSolution
-from .streaming import PairedMoments, accumulate_moments
+from .streaming import PairedMoments, accumulate_moments, check_moments
 
 #: kind -> (solver, Grams to accumulate, needs a mean (>= 2 rows)).
 _KINDS = {
@@ -35,6 +35,11 @@ KINDS = tuple(_KINDS)
 _DEFAULTS = {"ridge": {"ridge": 1.0}}
 _ALIASES = {"relaxed_band": {"a": "lower", "b": "upper"}}
 _REQUIRED = {"relaxed_penalty": ("mu",), "relaxed_frobenius": ("radius",), "anchored": ("prior", "gamma")}
+
+
+def _check_kind(kind: Any) -> None:
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
 
 
 def _options(kind: str, options: dict) -> dict:
@@ -63,13 +68,31 @@ def _options(kind: str, options: dict) -> dict:
 
 def solve_closed_form(moments: PairedMoments, kind: str = "orthogonal", **options: Any) -> ClosedFormSolution:
     """The float64 row-convention solution (``W`` p×q, bias) of ``kind`` from accumulated moments."""
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    _check_kind(kind)
     opts = _options(kind, options)
     solver, _, needs_mean = _KINDS[kind]
+    check_moments(moments, "moments")
+    for name, width in (("X", moments.in_features), ("Y", moments.out_features)):
+        if width == 0:
+            raise ValueError(f"{name} has no columns: a map needs at least one feature on each side")
     if (needs_mean or opts.get("center")) and moments.n < 2:
         raise ValueError(f"kind={kind!r} centres the data and needs at least 2 rows in X and Y, got {moments.n}")
+    _check_finite(moments)
     return solver(moments, **opts)
+
+
+def _check_finite(m: PairedMoments) -> None:
+    """An :class:`OverflowError` when an accumulated moment is not finite.
+
+    ``accumulate_moments`` has checked that the data are finite and that float64 holds their moments, so a
+    NaN/Inf moment comes from sums beyond the float range (merged or hand-built moments), never from bad data;
+    say so and how to avoid it instead of letting an SVD or Cholesky fail on it."""
+    parts = (("X^T Y", m.cross_shifted), ("X^T X", m.gram_x_shifted), ("Y^T Y", m.gram_y_shifted),
+             ("the column sums of X", m.sum_x), ("the column sums of Y", m.sum_y))
+    bad = [name for name, t in parts if t is not None and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise OverflowError(f"the accumulated moments ({', '.join(bad)}) overflowed the float range although the "
+                            "data are finite: divide X and Y by a common factor (orthogonal kinds do not change)")
 
 
 def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_size: int | None = None,
@@ -95,14 +118,18 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
 
     - ``"orthogonal"``: :math:`UV^\top`, semi-orthogonal when p ≠ q (Schönemann 1966).
     - ``"rotation"``: :math:`U\,\mathrm{diag}(1,…,\det UV^\top)\,V^\top`, det +1, p = q (Kabsch 1976).
-    - ``"orthogonal_lsq"``: least squares over orthonormal W for compressing maps (p > q), majorization started
-      at UVᵀ, never worse (Kiers 1990); options ``max_iter``, ``tol``.
+    - ``"orthogonal_lsq"``: least squares over orthonormal W for compressing maps (p > q) by Riemannian
+      trust-region Newton, never worse than UVᵀ, a global-optimality certificate in ``info``; options
+      ``max_iter``, ``tol``, ``restarts`` (warns with :class:`~relaxedortho.exceptions.ConvergenceWarning` when
+      it stops at ``max_iter``).
     - ``"centered"``: UVᵀ of the centred data, bias :math:`\mu_y - \mu_xW` (Gupta et al. 2026).
     - ``"similarity"``: scale, orthogonal W and translation (Umeyama 1991); option ``rotation`` (det +1).
     - ``"anchored"``: :math:`\operatorname{polar}(M + \gamma W_0)`; options ``prior`` (out×in), ``gamma`` ≥ 0.
     - ``"affine"`` / ``"ridge"``: :math:`(C_{xx} + \rho I)^{-1}C_{xy}` and bias; option ``ridge``
       (0 for affine, 1.0 for ridge).
-    - ``"cca"``: whiten, Procrustes, recolour; option ``shrinkage`` ∈ [0, 1] (0 = CCA, 1 = centred Procrustes).
+    - ``"cca"``: whiten, Procrustes, recolour; option ``shrinkage`` α ∈ [0, 1], netrep's partial whitening
+      :math:`\alpha I + (1-\alpha)C_{xx}^{-1/2}` (0 = CCA, 1 = centred Procrustes; Williams et al. 2021), and
+      ``eigval_tol`` (``1e-7`` reproduces netrep's eigenvalue floor).
     - ``"relaxed_penalty"``: cubic-root shrinkage of the singular values; option ``mu`` ≥ 0.
     - ``"relaxed_band"``: singular values clipped to [``lower``, ``upper``] (aliases ``a``, ``b``) or the band
       of a spectral ``epsilon``.
@@ -127,15 +154,17 @@ def fit_closed_form(X: Any, Y: Any = None, kind: str = "orthogonal", *, chunk_si
         >>> bool(torch.allclose(m(X), X @ R))
         True
     """
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    _check_kind(kind)
     if device is not None:
         device = check_device(device)
     _options(kind, options)  # validate option names before the pass over the data
-    for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon"):
-        if key in options:  # numeric knobs: fail before reading the data
-            from .._checks import check_nonnegative
+    own = ("tol", "eigval_tol") if kind == "orthogonal_lsq" or kind == "cca" else ()
+    for key in ("gamma", "ridge", "mu", "radius", "shrinkage", "lower", "upper", "a", "b", "epsilon") + own:
+        if options.get(key) is not None:  # numeric knobs: fail before reading the data
             check_nonnegative(options[key], key, allow_inf=key in ("gamma", "mu", "radius", "upper", "b", "epsilon"))
+    if kind == "orthogonal_lsq":
+        check_int(options.get("max_iter", 1), "max_iter")
+        check_int(options.get("restarts", 0), "restarts", minimum=0)
     lower, upper = options.get("lower", options.get("a")), options.get("upper", options.get("b"))
     if lower is not None and upper is not None and lower > upper:
         name_l = "lower" if "lower" in options else "a"

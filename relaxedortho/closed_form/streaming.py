@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import FLOAT_DTYPES, check_choice, check_device
+from .._checks import FLOAT_DTYPES, check_choice, check_device, check_int
 
 PRECISIONS = ("auto", "float64")
 
@@ -204,6 +204,15 @@ class PairedMoments:
         return load_moments(path, device)
 
 
+def check_moments(m: Any, name: str = "m") -> PairedMoments:
+    """``m`` when it is a :class:`PairedMoments`, else a one-line :class:`TypeError` (the solvers take moments,
+    not data)."""
+    if not isinstance(m, PairedMoments):
+        raise TypeError(f"{name} must be a PairedMoments (from accumulate_moments), got {type(m).__name__}; "
+                        "to fit from data use fit_closed_form")
+    return m
+
+
 def _is_array(x: Any) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
 
@@ -328,9 +337,7 @@ def _accumulate(X: Any, Y: Any, need: frozenset, means: bool, chunk_size: Any, p
                 device: Any) -> PairedMoments | None:
     """The one pass of :func:`accumulate_moments` on this process's data (``None`` when there are no rows)."""
     check_choice(precision, "precision", PRECISIONS)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = check_int(chunk_size, "chunk_size", none_means="one chunk per array")
     if Y is not None:
         chunks = _array_chunks(X, Y, None if chunk_size is None else int(chunk_size))
         stream = False

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import as_float_tensor, check_features, check_nonnegative
+from .._checks import as_float_tensor, check_features, check_int, check_nonnegative
 
 __all__ = ["FCTTransformation", "FastFillTransformation", "fct_loss", "fastfill_loss", "fit_fct", "fit_fastfill",
            "uncertainty_order"]
@@ -73,8 +73,7 @@ class FCTTransformation(nn.Module):
         check_features(old_dim, "old_dim")
         check_features(new_dim, "new_dim")
         check_features(hidden, "hidden")
-        if isinstance(side_dim, bool) or not isinstance(side_dim, int) or side_dim < 0:
-            raise ValueError(f"side_dim must be a non-negative integer, got {side_dim!r}")
+        side_dim = check_int(side_dim, "side_dim", minimum=0)
         self.old_dim, self.new_dim, self.side_dim = old_dim, new_dim, side_dim
         self.old_branch = nn.Sequential(*_block(old_dim, 2 * old_dim), *_block(2 * old_dim, 2 * new_dim))
         self.side_branch = (nn.Sequential(*_block(side_dim, 2 * side_dim), *_block(2 * side_dim, 2 * new_dim))

@@ -259,10 +259,9 @@ def build_protocol(cfg: ProtocolConfig, *, seed: int = 0, data_dir=None, device:
     """
     from sklearn.model_selection import train_test_split
 
-    from .._checks import check_device
+    from .._checks import check_device, check_int
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_int(seed, "seed", minimum=0)
     dev = check_device(device)
     t0 = time.perf_counter()
     X_all, y_all, side = _load(cfg.dataset, data_dir)

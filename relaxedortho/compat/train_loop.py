@@ -13,15 +13,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .._checks import check_nonnegative, check_positive
+from .._checks import check_int, check_nonnegative, check_positive
 
 __all__ = ["train_module"]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor], *,
@@ -54,8 +48,8 @@ def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensor
     """
     from ..training import make_optimizer
 
-    _positive_int(epochs, "epochs")
-    _positive_int(batch_size, "batch_size")
+    check_int(epochs, "epochs")
+    check_int(batch_size, "batch_size")
     check_positive(lr, "lr")
     check_nonnegative(weight_decay, "weight_decay")
     if not tensors:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import as_float_tensor, check_bool, check_choice, check_positive
+from .._checks import as_float_tensor, check_bool, check_choice, check_int, check_positive
 from ..linalg import polar
 from .geodesics import _expm64, _skew_log64
 from .group import _det_sign, _special_polar, check_orthogonal
@@ -195,8 +195,7 @@ def karcher_mean(points: Any, weights: Any = None, *, init: Any = None, tol: flo
     P = _stack(points, "points", square=True)
     N, n = P.shape[0], P.shape[-1]
     w = _weights(weights, N, P.device)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    max_iter = check_int(max_iter, "max_iter", minimum=0)
     tol = 100.0 * math.sqrt(n) * torch.finfo(P.dtype).eps if tol is None else check_positive(tol, "tol")
     warn = check_bool(warn, "warn")
     signs = _det_sign(P)

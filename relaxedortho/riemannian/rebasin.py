@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_int
+
 __all__ = ["weight_matching", "permute_hidden_units", "WeightMatching", "UNITWISE_MODULES"]
 
 #: Modules allowed between two linear layers: they act on each hidden unit separately (no parameters per unit).
@@ -232,8 +234,7 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_sweeps: int =
         >>> all(torch.equal(p, q) for p, q in zip(res.model.parameters(), a.parameters()))
         True
     """
-    if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, int) or max_sweeps < 1:
-        raise ValueError(f"max_sweeps must be a positive integer, got {max_sweeps!r}")
+    max_sweeps = check_int(max_sweeps, "max_sweeps")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     lin_a, between_a = _structure(model_a, "model_a")

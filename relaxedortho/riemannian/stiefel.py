@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from .._checks import as_float_tensor, check_bool, check_positive
+from .._checks import as_float_tensor, check_bool, check_int, check_positive
 from .geodesics import _batch_shape, _check_skew, _check_times, _expm64, _skew_log64
 from .group import _det_sign, _special_polar, check_orthogonal
 
@@ -159,8 +159,7 @@ def stiefel_log(U0: Any, U1: Any, *, tol: float | None = None, max_iter: int = 2
         raise ValueError(f"U0 and U1 must be 2-d (n, p) matrices, got shapes {tuple(U0.shape)}, {tuple(U1.shape)}")
     if U0.shape != U1.shape:
         raise ValueError(f"U0 and U1 must have the same shape, got {tuple(U0.shape)} and {tuple(U1.shape)}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    max_iter = check_int(max_iter, "max_iter", minimum=0)
     return_info = check_bool(return_info, "return_info")
     dtype = torch.promote_types(U0.dtype, U1.dtype)
     n, p = U0.shape

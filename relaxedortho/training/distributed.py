@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from .._checks import check_int
+
 
 def is_distributed() -> bool:
     """True when a :mod:`torch.distributed` process group with more than one process is initialised."""
@@ -121,8 +123,7 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "
 
     if not callable(fn):
         raise TypeError(f"fn must be a callable fn(rank, world_size, *args), got {type(fn).__name__}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    world_size = check_int(world_size, "world_size")
     if not isinstance(backend, str) or not dist.is_backend_available(backend):
         available = [b for b in ("gloo", "nccl", "mpi", "ucc") if dist.is_backend_available(b)]
         raise ValueError(f"backend {backend!r} is not available in this PyTorch; available: {', '.join(available)}")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_int
 from ..files import write_json
 from ..maps import LambdaOrthoLinear, OrthogonalLinear
 from .aligned_update import (TransferredLinear, layer_inputs, merge_transferred, procrustes_weight,
@@ -215,9 +216,7 @@ def run_transfer_demo(out, seed: int = 0, quick: bool = False, progress: bool = 
     lam = check_nonnegative(lam, "lam", allow_inf=True)
     size = dict(QUICK if quick else FULL)
     if shots is not None:
-        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-            raise ValueError(f"shots must be a positive integer, got {shots!r}")
-        size["shots"] = shots
+        size["shots"] = check_int(shots, "shots")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

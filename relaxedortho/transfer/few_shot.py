@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_positive
+from .._checks import check_int, check_positive
 from ..training.trainer import NonFiniteLossError
 from ..training.history import TrainHistory
 from ..training.optimizers import make_optimizer
@@ -44,16 +44,13 @@ def _check_data(inputs, labels, model, batch_size, generator):
         raise ValueError("inputs contain NaN or Inf values")
     if int(labels.min()) < 0:
         raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
+    check_int(batch_size, "batch_size", none_means="full batch")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return check_int(steps, "steps")
 
 
 def train_transfer_maps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, steps: int = 200,
