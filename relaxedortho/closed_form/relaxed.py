@@ -208,7 +208,8 @@ def _penalty_kind(mu: float) -> _Relaxed:
 def _band_kind(lower: float, upper: float) -> _Relaxed:
     def closed(sig, c):
         return band_values(sig / c if c > 0 else np.zeros_like(sig), lower, upper)
-    return _Relaxed(f"relaxed_band ([{lower:g}, {upper:g}])", closed, lambda sig, t: (band_values(sig, lower, upper), 0.0),
+    return _Relaxed(f"relaxed_band ([{lower:g}, {upper:g}])", closed,
+                    lambda sig, t: (band_values(sig, lower, upper), 0.0),
                     single_value=lower if lower == upper else None,
                     feasible=lambda s: bool(np.all((s >= lower) & (s <= upper))))
 

@@ -146,9 +146,11 @@ def minimize_spectral(A: torch.Tensor, M: torch.Tensor, prox: SpectralProx, W0: 
         what: the problem's name in the warning.
 
     Returns:
-        ``(W, info)``; ``info`` holds ``iterations``, ``prox_evaluations``, ``residual`` (ρ at the returned
-        point's iterate), ``converged`` (ρ ≤ tol), ``objective`` (:math:`F(T(W_k))` per iteration, without
-        :math:`\lVert Y\rVert^2`; not monotone), ``envelope`` (φ(W_k), non-increasing) and ``step`` (t).
+        ``(W, info)``; ``info`` holds ``iterations`` (``float32_iterations`` of them in the float32 first
+        phase, run when p·q ≥ 2¹⁴ and ``tol`` < :data:`FLOAT32_SWITCH`), ``prox_evaluations``, ``residual``
+        (ρ at the returned point's iterate), ``converged`` (ρ ≤ tol), ``objective`` (:math:`F(T(W_k))` per
+        iteration, without :math:`\lVert Y\rVert^2`; not monotone), ``envelope`` (φ(W_k), non-increasing)
+        and ``step`` (t).
     """
     if not (bool(torch.isfinite(A).all()) and bool(torch.isfinite(M).all())):
         raise ValueError(f"{what}: the moments XᵀX, XᵀY are not finite (their accumulation overflowed); "
@@ -156,7 +158,8 @@ def minimize_spectral(A: torch.Tensor, M: torch.Tensor, prox: SpectralProx, W0: 
     dev, f64 = A.device, torch.float64
     A, M, W0 = A.to(f64), M.to(f64), W0.to(device=dev, dtype=f64)
     scale = float(A.abs().max()) if A.numel() else 0.0
-    info: dict = {"solver": "projected_gradient", "iterations": 0, "float32_iterations": 0, "prox_evaluations": 0, "objective": [], "envelope": [], "step": math.inf,
+    info: dict = {"solver": "projected_gradient", "iterations": 0, "float32_iterations": 0, "prox_evaluations": 0,
+                  "objective": [], "envelope": [], "step": math.inf,
                   "residual": 0.0, "converged": True}
     if not scale > 0:  # X = 0 (or constant and centred): then M = 0 as well and every feasible point is optimal
         return W0.clone(), info
@@ -256,6 +259,7 @@ def minimize_spectral(A: torch.Tensor, M: torch.Tensor, prox: SpectralProx, W0: 
         warnings.warn(f"{what}: stopped after {it} iterations (max_iter={max_iter}) with relative KKT residual "
                       f"{res:.2e} > tol={tol:.1e}; the result may be off the optimum: raise max_iter",
                       ConvergenceWarning, stacklevel=3)
-    info.update(iterations=it, float32_iterations=it32, prox_evaluations=n_prox, objective=history, envelope=envelope, residuals=residuals,
+    info.update(iterations=it, float32_iterations=it32, prox_evaluations=n_prox, objective=history, envelope=envelope,
+                residuals=residuals,
                 step=t / scale, residual=res, converged=converged)
     return Q @ T, info
