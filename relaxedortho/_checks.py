@@ -68,6 +68,24 @@ def check_int(value: Any, name: str, *, minimum: int = 1, none_means: str | None
     return int(value)
 
 
+def check_matrix(t: Any, name: str) -> None:
+    """A floating tensor with at least 2 dimensions (a matrix or a batch of matrices): :class:`TypeError` for
+    anything else than a floating tensor, :class:`ValueError` for fewer dimensions. No data is read (no
+    synchronisation; ``torch.compile`` guards on dtype and rank)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {t.dtype}")
+    if t.ndim < 2:
+        raise ValueError(f"{name} must be a matrix (at least 2-dimensional), got shape {tuple(t.shape)}")
+
+
+def check_dtype(dtype: Any, name: str = "dtype") -> None:
+    """``None`` or a floating :class:`torch.dtype`, else :class:`TypeError`."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got {dtype!r}")
+
+
 def check_features(n: Any, name: str) -> int:
     """A positive integer feature count."""
     return check_int(n, name)

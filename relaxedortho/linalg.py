@@ -9,7 +9,11 @@ the only Gram that can equal the identity for a rectangular matrix (``docs/math.
 """
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
+
+from ._checks import check_device, check_dtype, check_features, check_int, check_matrix
 
 
 def small_gram(weight: torch.Tensor) -> torch.Tensor:
@@ -20,14 +24,41 @@ def small_gram(weight: torch.Tensor) -> torch.Tensor:
         >>> small_gram(torch.eye(3, 2)).shape
         torch.Size([2, 2])
     """
+    check_matrix(weight, "weight")
     out_f, in_f = weight.shape[-2], weight.shape[-1]
     return weight.mT @ weight if out_f >= in_f else weight @ weight.mT
 
 
 def gram_deviation(weight: torch.Tensor) -> torch.Tensor:
     r""":math:`G(A) - I` for the small Gram."""
+    check_matrix(weight, "weight")
     g = small_gram(weight)
     return g - torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+
+
+#: :math:`\lVert G - I\rVert_F \le` ``ROUNDING_FACTOR`` :math:`\cdot\,\varepsilon k` is rounding (see
+#: :func:`orthonormality_rounding`).
+ROUNDING_FACTOR = 10.0
+
+
+def orthonormality_rounding(k: int, dtype: torch.dtype) -> float:
+    r"""The rounding level of :math:`\lVert G - I\rVert_F` for a matrix with ``k`` orthonormal columns (or rows) in
+    ``dtype``: :math:`10\,\varepsilon k`.
+
+    A float64 orthonormal matrix rounded to float32, with its Gram computed in float32, reads
+    :math:`0.07\text{–}0.3\,\varepsilon k` (measured for k = 4 … 1024, sides up to 4096); the factor 10 leaves
+    room for the rounding of a training step. The hard maps accept matrices within it as they are, and the
+    penalties treat a deviation within it as 0 in their backward pass.
+
+    Example:
+        >>> orthonormality_rounding(1024, torch.float32) < 1.3e-3
+        True
+    """
+    k = check_features(k, "k")
+    check_dtype(dtype)
+    if dtype is None:
+        raise TypeError("dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got None")
+    return ROUNDING_FACTOR * torch.finfo(dtype).eps * k
 
 
 def orthogonality_error(weight: torch.Tensor) -> torch.Tensor:
@@ -35,12 +66,14 @@ def orthogonality_error(weight: torch.Tensor) -> torch.Tensor:
 
     Zero exactly when ``A`` has orthonormal columns (tall/square) or rows (wide).
     """
+    check_matrix(weight, "weight")
     w = weight if weight.dtype == torch.float64 else weight.float()
     return torch.linalg.matrix_norm(gram_deviation(w))
 
 
 def tall(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` if it has at least as many rows as columns, else its transpose (a view)."""
+    check_matrix(weight, "weight")
     return weight if weight.shape[-2] >= weight.shape[-1] else weight.mT
 
 
@@ -50,6 +83,9 @@ def polar(matrix: torch.Tensor) -> torch.Tensor:
     The nearest matrix with orthonormal columns (tall) or rows (wide) in Frobenius norm.
     Singular values that are exactly zero make the factor non-unique; any completion is returned.
     """
+    check_matrix(matrix, "matrix")
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("matrix contains NaN or Inf values: it has no polar factor")
     u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u @ vh
 
@@ -65,19 +101,23 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
       :math:`\tfrac34\lVert E\rVert^2`;
     - ``order=2`` (cubic): :math:`X \leftarrow X(I - \tfrac12 E + \tfrac38 E^2)`, the degree-2 Taylor polynomial
       of :math:`(I + E)^{-1/2}`, three products (:math:`4nk^2 + 2k^3` flops); the error goes to about
-      :math:`\tfrac{5}{16}\lVert E\rVert^3`.
+      :math:`\tfrac58\lVert E\rVert^3` (:math:`(1 + e)(1 - e/2 + 3e^2/8)^2 - 1 = \tfrac58 e^3 + O(e^4)`).
 
     Both converge when every singular value lies in :math:`(0, \sqrt3)` (order 1) or close enough to 1
-    (order 2; always for :math:`\lVert E\rVert_2 < 1`). Meant for re-projecting a matrix that is already close to
-    orthonormal (docs/math.md §4; Björck & Bowie 1971; Higham, *Functions of Matrices*, §8.3).
+    (order 2; always for :math:`\lVert E\rVert_2 < 1`, and it diverges once a singular value exceeds
+    :math:`\sqrt{7/3}`). Nothing here checks that: for a re-projection that cannot diverge, use
+    :func:`~relaxedortho.polar_projection.project_orthonormal` (docs/math.md §4; Björck & Bowie 1971; Higham,
+    *Functions of Matrices*, §8.3).
 
     With ``tol``, at most ``steps`` iterations are made, stopping after the first one whose predicted
-    result error :math:`c\,\lVert E\rVert_2^{\,order}\lVert E\rVert_F` (:math:`c = \tfrac34` or :math:`\tfrac{5}{16}`;
+    result error :math:`c\,\lVert E\rVert_2^{\,order}\lVert E\rVert_F` (:math:`c = \tfrac34` or :math:`\tfrac58`;
     :math:`\lVert E\rVert_2` from four power iterations, doubled for safety) is at most ``tol``. This reads one
     scalar per iteration: a device synchronisation on a GPU.
     """
+    check_matrix(matrix, "matrix")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
+    check_int(steps, "steps", minimum=0)
     x = tall(matrix)
     fused = x.ndim == 2
     for _ in range(steps):
@@ -97,7 +137,7 @@ def newton_schulz_polar(matrix: torch.Tensor, steps: int = 2, *, order: int = 1,
 def _predicted_error(e: torch.Tensor, order: int) -> float:
     """Bound on ||E'||_F after one iteration of the given order from E (symmetric): c ||E||_2^order ||E||_F."""
     spectral = 2.0 * spectral_norm_estimate(e)
-    c = 0.75 if order == 1 else 5.0 / 16.0
+    c = 0.75 if order == 1 else 5.0 / 8.0
     return float(c * spectral ** order * torch.linalg.vector_norm(e))
 
 
@@ -105,7 +145,8 @@ def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor
     r"""Estimate of :math:`\lVert M\rVert_2` (a 0-d tensor) by ``iters`` power iterations on :math:`M^\top M`.
 
     Starts from a fixed vector (deterministic, identical on every process), costs ``2 * iters + 1`` matrix-vector
-    products and never synchronises. The estimate is a lower bound (a Rayleigh quotient) that approaches the
+    products and never synchronises; works on ``M / max|M_ij|`` so that no power overflows (a NaN or Inf entry gives
+    NaN). The estimate is a lower bound (a Rayleigh quotient) that approaches the
     norm from below; callers that need an upper bound multiply it by a safety factor.
 
     Example:
@@ -113,13 +154,18 @@ def spectral_norm_estimate(matrix: torch.Tensor, iters: int = 4) -> torch.Tensor
         >>> round(float(spectral_norm_estimate(m)), 4)
         3.0
     """
+    check_matrix(matrix, "matrix")
     k = matrix.shape[-1]
+    # scaled by max|M| first: M^T M v squares the entries, and vector_norm squares them again (a float32 matrix
+    # with entries of 1e10 gave an estimate of 0 without the scaling)
+    scale = matrix.abs().amax().clamp_min(torch.finfo(matrix.dtype).tiny)
+    m = matrix / scale
     v = torch.cos(torch.arange(k, dtype=matrix.dtype, device=matrix.device) * 0.7 + 0.3).unsqueeze(-1)
     tiny = torch.finfo(matrix.dtype).tiny
     for _ in range(iters):
-        v = matrix.mT @ (matrix @ v)
+        v = m.mT @ (m @ v)
         v = v / torch.linalg.vector_norm(v).clamp_min(tiny)
-    return torch.linalg.vector_norm(matrix @ v)
+    return torch.linalg.vector_norm(m @ v) * scale
 
 
 #: Safety factor on the power-iteration estimate of ||A||_2 in :func:`skew_retraction`.
@@ -140,11 +186,30 @@ def skew_retraction_kind(skew: torch.Tensor, dtype: torch.dtype | None = None) -
         >>> skew_retraction_kind(torch.tensor([[0.0, 0.05], [-0.05, 0.0]]))
         'cubic'
     """
-    eps = torch.finfo(dtype or skew.dtype).eps
-    sigma = SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew))
-    if sigma ** 4 / 4.0 <= eps / 2:
+    check_matrix(skew, "skew")
+    return skew_retraction_kind_for_norm(SKEW_NORM_SAFETY * float(spectral_norm_estimate(skew)), dtype or skew.dtype)
+
+
+def skew_retraction_kind_for_norm(sigma: float, dtype: torch.dtype) -> str:
+    """The map :func:`skew_retraction_kind` picks for a skew matrix whose (safety-scaled) spectral norm estimate is
+    ``sigma``: the cheapest with orthogonality defect at most half of ``dtype``'s epsilon (``"cayley"`` when
+    ``sigma`` is not finite).
+
+    Example:
+        >>> skew_retraction_kind_for_norm(1e-3, torch.float32), skew_retraction_kind_for_norm(0.5, torch.float32)
+        ('quadratic', 'cayley')
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, Real):
+        raise TypeError(f"sigma must be a real number, got {type(sigma).__name__}")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0 (a norm), got {sigma!r}")
+    check_dtype(dtype)
+    if dtype is None:
+        raise TypeError("dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got None")
+    eps = torch.finfo(dtype).eps
+    if sigma <= (2.0 * eps) ** 0.25:  # sigma^4 / 4 <= eps / 2 (compared on sigma: no overflow for a huge sigma)
         return "quadratic"
-    if sigma ** 6 / 64.0 <= eps / 2:
+    if sigma <= (32.0 * eps) ** (1.0 / 6.0):  # sigma^6 / 64 <= eps / 2
         return "cubic"
     return "cayley"
 
@@ -218,6 +283,9 @@ def random_orthogonal(out_features: int, in_features: int, *, generator: torch.G
     QR of a Gaussian matrix with the signs of ``diag(R)`` fixed (Mezzadri 2007). With ``special=True``
     (square only) the determinant is forced to +1 by flipping one column.
     """
+    out_features, in_features = check_features(out_features, "out_features"), check_features(in_features, "in_features")
+    check_dtype(dtype)
+    device = None if device is None else check_device(device)
     n, k = max(out_features, in_features), min(out_features, in_features)
     g = torch.randn(n, k, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
@@ -234,4 +302,7 @@ def random_orthogonal(out_features: int, in_features: int, *, generator: torch.G
 def semi_identity(out_features: int, in_features: int, *, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> torch.Tensor:
     """The ``out x in`` matrix with ones on its main diagonal (orthonormal rows or columns)."""
+    out_features, in_features = check_features(out_features, "out_features"), check_features(in_features, "in_features")
+    check_dtype(dtype)
+    device = None if device is None else check_device(device)
     return torch.eye(out_features, in_features, dtype=dtype or torch.get_default_dtype(), device=device)

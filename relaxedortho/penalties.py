@@ -40,12 +40,19 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_nonnegative, check_positive
-from .linalg import gram_deviation
+from ._checks import check_choice, check_matrix, check_nonnegative, check_positive
+from .linalg import gram_deviation, orthonormality_rounding
 
 
 def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
+    check_matrix(weight, "weight")
     return weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
+
+
+def _rounding_level(w: torch.Tensor) -> float:
+    r"""The deviation :math:`\lVert G - I\rVert_F` below which ``w`` counts as orthonormal to rounding
+    (:func:`~relaxedortho.linalg.orthonormality_rounding`, in the dtype the penalty is computed in)."""
+    return orthonormality_rounding(min(w.shape[-2:]), w.dtype)
 
 
 class _FrobeniusDeviation(torch.autograd.Function):
@@ -53,8 +60,11 @@ class _FrobeniusDeviation(torch.autograd.Function):
 
     .. math:: \partial n / \partial A = 2 A D / n \;(\text{tall}), \qquad 2 D A / n \;(\text{wide}),
 
-    defined as 0 at :math:`D = 0`, where the unsquared norm is not differentiable (autograd through
-    ``sqrt(sum(D**2))`` would give NaN there). Costs one Gram product forward and one product backward.
+    defined as 0 where :math:`n \le 10\,\varepsilon k` (:func:`~relaxedortho.linalg.orthonormality_rounding`): at
+    :math:`D = 0` the unsquared norm is not differentiable (autograd through ``sqrt(sum(D**2))`` gives NaN), and
+    at rounding level :math:`D/n` is a unit-norm direction made of rounding noise, which Adam would turn into a
+    full step (from ``||G - I||_F`` = 6e-7 to 0.46 in one step at d = 256, lr 1e-3, without this rule). The
+    forward value is exact. Costs one Gram product forward and one product backward.
     """
 
     @staticmethod
@@ -67,7 +77,9 @@ class _FrobeniusDeviation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_n: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         weight, d, n = ctx.saved_tensors
-        scale = torch.where(n > 0, 2.0 * grad_n / n.clamp_min(torch.finfo(n.dtype).tiny), torch.zeros_like(n))
+        floor = _rounding_level(weight)
+        scale = torch.where(n > floor, 2.0 * grad_n / n.clamp_min(max(floor, torch.finfo(n.dtype).tiny)),
+                            torch.zeros_like(n))
         if weight.shape[-2] >= weight.shape[-1]:
             return (weight @ d) * scale
         return (d @ weight) * scale
@@ -76,8 +88,10 @@ class _FrobeniusDeviation(torch.autograd.Function):
 def frobenius_deviation(weight: torch.Tensor) -> torch.Tensor:
     r"""Unsquared soft orthogonality :math:`\lVert G(A) - I\rVert_F` (Ricci et al. 2025, Eq. 3).
 
-    Differentiable everywhere with gradient 0 at :math:`G = I` (never NaN). Evaluated in at least
-    float32, with autocast disabled inside.
+    Differentiable everywhere, with gradient 0 where the deviation is at rounding level,
+    :math:`\lVert G - I\rVert_F \le 10\,\varepsilon k` (:func:`~relaxedortho.linalg.orthonormality_rounding`; at
+    :math:`G = I` the norm has no derivative, and just above it the direction is rounding noise). Never NaN.
+    Evaluated in at least float32, with autocast disabled inside.
 
     Example:
         >>> import torch
@@ -94,6 +108,8 @@ def lambda_gate(deviation: torch.Tensor, lam: float, alpha: float, gate: str = "
 
     ``lam = math.inf`` gives a gate of exactly 0.
     """
+    lam = check_nonnegative(lam, "lam", allow_inf=True)
+    check_choice(gate, "gate", ("sigmoid", "heaviside"))
     if math.isinf(lam):
         return torch.zeros_like(deviation)
     if gate == "heaviside":
@@ -136,6 +152,73 @@ def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: float = 10.0, 
         return weight.new_zeros((), dtype=_at_least_float32(weight).dtype)
     n = frobenius_deviation(weight) if deviation is None else deviation
     return lambda_gate(n, lam, alpha, gate) * n
+
+
+def lambda_slope(n: float, lam: float, alpha: float) -> float:
+    r"""Derivative of the smooth λ-orthogonality penalty with respect to the deviation :math:`n`:
+    :math:`\sigma + \alpha n \sigma (1 - \sigma)`, :math:`\sigma = \sigma(\alpha(n - \lambda))`.
+
+    Example:
+        >>> round(lambda_slope(2.0, 2.0, 10.0), 4)  # 1/2 + alpha lambda / 4 at the threshold
+        5.5
+    """
+    n = check_nonnegative(n, "n")
+    lam = check_nonnegative(lam, "lam")
+    alpha = check_positive(alpha, "alpha")
+    return _slope(n, lam, alpha)
+
+
+def _slope(n: float, lam: float, alpha: float) -> float:
+    u = alpha * (n - lam)
+    sig = 1.0 / (1.0 + math.exp(-u)) if u > -700 else 0.0
+    return sig + alpha * n * sig * (1.0 - sig)
+
+
+def lambda_equilibrium(lam: float, alpha: float, pull: float) -> float:
+    r"""Where training with the smooth λ-penalty settles: the smallest deviation :math:`n^*` at which the penalty's
+    slope :func:`lambda_slope` equals the data term's ``pull`` :math:`\pi = -\partial L_{\text{data}}/\partial n`
+    (docs/math.md §2), found by bisection; ``math.inf`` when the pull exceeds the slope's maximum (the penalty is
+    overrun).
+
+    Below λ the slope is :math:`\approx e^{\alpha(n-\lambda)}(1 + \alpha\lambda)`, so
+
+    .. math:: n^* \approx \lambda - \frac{1}{\alpha}\ln\frac{1 + \alpha\lambda}{\pi}
+
+    (within :math:`1.5/\alpha` when :math:`\alpha\lambda \ge 10` and :math:`(1 + \alpha\lambda)/\pi \ge 20`):
+
+    training settles *below* λ, by a gap that grows like :math:`\ln(\alpha\lambda)/\alpha`. With α = 10 and
+    :math:`\pi = 1`: 0.39, 1.72, 7.57 for λ = 0.5, 2, 8. ``alpha="auto"`` of
+    :class:`~relaxedortho.LambdaOrthoLinear` (:math:`\alpha = \max(10, 100/\lambda)`) keeps
+    :math:`n^*/\lambda \ge 1 - \ln(101/\pi)/100` while :math:`100/\lambda \ge 10`: 0.95 for :math:`\pi = 1`, 0.91
+    for :math:`\pi = 0.01`.
+
+    Example:
+        >>> round(lambda_equilibrium(2.0, 10.0, 1.0), 2)
+        1.72
+        >>> lambda_equilibrium(2.0, 10.0, 100.0)
+        inf
+    """
+    lam = check_nonnegative(lam, "lam")
+    alpha = check_positive(alpha, "alpha")
+    pull = check_nonnegative(pull, "pull")
+    if _slope(0.0, lam, alpha) >= pull:
+        return 0.0
+    # the slope rises from ~0 to a peak a few 1/alpha beyond lam, then falls back to 1: scan up to the peak
+    hi, step = lam, 1.0 / alpha
+    best = _slope(hi, lam, alpha)
+    while best < pull:
+        nxt = _slope(hi + step, lam, alpha)
+        if nxt <= best and hi > lam + 50.0 / alpha:
+            return math.inf
+        hi, best = hi + step, max(best, nxt)
+    lo = 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _slope(mid, lam, alpha) < pull:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def so_penalty(weight: torch.Tensor) -> torch.Tensor:
@@ -198,7 +281,8 @@ def randomized_deviation(weight: torch.Tensor, num_probes: int = 16, *,
     Costs :math:`O(k \cdot p \cdot q)` instead of a full Gram product. The squared estimate is *unbiased*
     for :math:`\lVert D\rVert_F^2` with variance :math:`2\lVert D^2\rVert_F^2 / k \le 2\lVert D\rVert_F^4/k`
     (relative standard deviation at most :math:`\sqrt{2/k}`); its square root is biased low (Jensen),
-    by about :math:`\operatorname{Var}/(8 n^3)` to first order. Gradient 0 where the estimate is 0.
+    by about :math:`\operatorname{Var}/(8 n^3)` to first order. Gradient 0 where the estimate is at rounding level,
+    :math:`\hat n \le 10\,\varepsilon k` (as for :func:`frobenius_deviation`).
     """
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}")
@@ -211,4 +295,6 @@ def randomized_deviation(weight: torch.Tensor, num_probes: int = 16, *,
         r = a.mT @ (a @ v) - v
         sq = r.square().sum() / num_probes
         tiny = torch.finfo(w.dtype).tiny
-        return torch.where(sq > tiny, sq.clamp_min(tiny).sqrt(), torch.zeros_like(sq))
+        root = torch.where(sq > tiny, sq.clamp_min(tiny).sqrt(), torch.zeros_like(sq))
+        floor = _rounding_level(w)
+        return torch.where(sq > floor * floor, root, root.detach())  # no gradient at rounding level

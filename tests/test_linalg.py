@@ -112,7 +112,7 @@ def test_third_order_newton_schulz_converges_cubically(q, seed, size):
     x = q + size * noise / max(float(torch.linalg.matrix_norm(noise, 2)), 1e-12)
     e0 = float(linalg.orthogonality_error(x))
     e1 = float(linalg.orthogonality_error(linalg.newton_schulz_polar(x, steps=1, order=2)))
-    # sigma -> sigma (15 - 10 sigma^2 + 3 sigma^4) / 8 maps 1 + e to 1 + O(e^3); (5/16) e^3 per singular value
+    # sigma -> sigma (15 - 10 sigma^2 + 3 sigma^4) / 8 maps 1 + e to 1 + O(e^3); (5/8) e^3 per singular value
     assert e1 <= 1.0 * e0**3 + 1e-13
     x2 = linalg.newton_schulz_polar(x, steps=3, order=2)
     assert float(torch.linalg.matrix_norm(x2 - linalg.polar(x))) <= 1e-10

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import relaxedortho as ro
 from relaxedortho import penalties as P
 from relaxedortho.testing import strategies as ros
 
@@ -132,6 +133,77 @@ def test_gradient_zero_not_nan_at_identity_gram(p, kind):
                lambda w: P.lambda_orthogonality(w, 1.0), lambda w: P.randomized_deviation(w, 3)):
         (g,) = torch.autograd.grad(fn(a), a)
         assert torch.isfinite(g).all() and float(g.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("estimator", ["exact", "randomized"])
+@pytest.mark.parametrize("shape", [(256, 256), (384, 128), (96, 320)])
+def test_lambda_zero_does_not_kick_an_orthonormal_map(estimator, shape):
+    """Issue 11, defect 7: at rounding-level ||G - I|| the direction D/n is noise; with it, one Adam step on the
+    λ = 0 penalty alone moved a 256-d orthogonal map to ||G - I||_F = 0.46. The backward treats it as 0."""
+    torch.manual_seed(0)
+    m = ro.LambdaOrthoLinear(shape[1], shape[0], lam=0.0, estimator=estimator)
+    before = m.orthogonality_error()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    opt.zero_grad()
+    m.regularizer().backward()
+    opt.step()
+    assert m.orthogonality_error() == before
+
+
+@given(ros.orthogonal_matrices(), ros.seeds(), st.floats(-2.0, 5.0))
+def test_rounding_floor_of_the_deviation_gradient(q, seed, log_ratio):
+    """At or below 10 eps k (orthonormality_rounding) the gradient is exactly 0; above it, it is finite and non-zero,
+    and far above it (1000x, where rounding no longer blurs D/n) it is the analytic 2 A D / n of a float64 reference."""
+    k = min(q.shape)
+    floor = ro.linalg.orthonormality_rounding(k, q.dtype)
+    noise = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    # a perturbation whose Gram deviation is about 10**log_ratio * floor
+    a = (q.double() + 10**log_ratio * floor * noise / (2 * float(noise.norm()))).to(q.dtype).requires_grad_(True)
+    n = float(P.frobenius_deviation(a).detach())
+    (g,) = torch.autograd.grad(P.frobenius_deviation(a), a)
+    assert bool(torch.isfinite(g).all())
+    if n <= floor:
+        assert float(g.abs().max()) == 0.0
+        return
+    assert float(g.abs().max()) > 0.0
+    if n >= 1e3 * floor:
+        a64 = a.detach().double()
+        d = torch.tensor(deviation_np(a64.numpy()))
+        ref = 2 * (a64 @ d if a64.shape[0] >= a64.shape[1] else d @ a64) / float(torch.linalg.matrix_norm(d))
+        assert float((g.double() - ref).norm()) <= 1e-2 * float(ref.norm())
+
+
+def test_lambda_slope_is_the_derivative_of_the_penalty():
+    for lam, alpha in [(0.0, 10.0), (0.5, 10.0), (2.0, 3.0), (8.0, 50.0)]:
+        for n in np.linspace(0.0, lam + 2.0, 23):
+            t = torch.tensor(float(n), dtype=torch.float64, requires_grad=True)
+            (ref,) = torch.autograd.grad(P.lambda_gate(t, lam, alpha) * t, t)
+            assert P.lambda_slope(float(n), lam, alpha) == pytest.approx(float(ref), rel=1e-12, abs=1e-300)
+
+
+@given(st.floats(0.05, 20.0), st.floats(1.0, 200.0), st.floats(1e-3, 1.0))
+def test_lambda_equilibrium_balances_the_pull_and_sits_below_lambda(lam, alpha, pull):
+    n = P.lambda_equilibrium(lam, alpha, pull)
+    if n == 0.0:
+        assert P.lambda_slope(0.0, lam, alpha) >= pull
+        return
+    assert P.lambda_slope(n, lam, alpha) == pytest.approx(pull, rel=1e-9)
+    grid = np.linspace(0.0, n, 200)[:-1]  # the first crossing: the slope is below the pull before it
+    assert all(P.lambda_slope(float(v), lam, alpha) < pull for v in grid)
+    assert n < lam + 2.0 / alpha  # a pull <= 1 never passes the threshold by more than the gate's width
+    if alpha * lam >= 10 and (1 + alpha * lam) / pull >= 20:  # the closed-form approximation of the docstring
+        approx = lam - math.log((1 + alpha * lam) / pull) / alpha
+        assert abs(n - approx) <= 1.5 / alpha
+
+
+def test_lambda_equilibrium_overrun_and_arguments():
+    assert P.lambda_equilibrium(2.0, 10.0, 5.6) == math.inf  # above the slope's peak (5.55)
+    assert P.lambda_equilibrium(2.0, 10.0, 5.5) < 2.2
+    assert P.lambda_equilibrium(0.0, 10.0, 0.4) == 0.0  # sigma(0) = 1/2 >= 0.4: no deviation at all
+    with pytest.raises(ValueError, match="pull"):
+        P.lambda_equilibrium(1.0, 10.0, -1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        P.lambda_equilibrium(1.0, 0.0, 1.0)
 
 
 # -- the classic penalties -----------------------------------------------------------------------------------

@@ -122,3 +122,24 @@ def test_bad_files(tmp_path):
     with pytest.raises(TypeError, match="Conv"):
         ro.save(nn.Conv1d(1, 1, 1), tmp_path / "conv.pt")
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_canonical_stiefel_polish_counters_survive_save_and_old_states_load(tmp_path):
+    """StiefelLinear(canonical=True) re-projects every CANONICAL_POLISH_EVERY steps: the counter is saved, so a
+    reloaded map polishes at the same step as the original (outputs stay bit-identical); a state without the
+    counters (saved before they were buffers) still loads."""
+    torch.manual_seed(0)
+    m = ro.StiefelLinear(3, 3, canonical=True, dtype=torch.float64)
+    x = train_a_little(m, 0, steps=3)
+    assert int(m.polish_steps) == 3
+    ro.save(m, tmp_path / "m.pt")
+    loaded = ro.load(tmp_path / "m.pt")
+    assert int(loaded.polish_steps) == 3
+    for mod in (m, loaded):
+        train_a_little(mod, 1, steps=1)  # the 4th step polishes both
+    assert int(m.polish_steps) == int(loaded.polish_steps) == 0
+    assert same_outputs(m, loaded, x)
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith("polish_")}
+    fresh = ro.StiefelLinear(3, 3, canonical=True, dtype=torch.float64)
+    fresh.load_state_dict(old)
+    assert int(fresh.polish_steps) == 0 and torch.equal(fresh.weight, m.weight)

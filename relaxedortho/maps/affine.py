@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_features
+from .._checks import check_device, check_features
 from .base import AlignmentMap, check_dtype, initial_weight
 
 
@@ -36,6 +36,7 @@ class AffineMap(AlignmentMap, nn.Linear):
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
         check_dtype(dtype)
+        device = None if device is None else check_device(device)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init = init if isinstance(init, str) else "matrix"
         with torch.no_grad():

@@ -8,6 +8,9 @@ training loss (zero for hard and free maps), initialisation from a given matrix,
 """
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,8 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import as_float_tensor, check_weight_shape
-from ..linalg import orthogonality_error, random_orthogonal, semi_identity
+from .._checks import as_float_tensor, check_device, check_dtype, check_weight_shape
+from ..linalg import (ROUNDING_FACTOR, gram_deviation, orthogonality_error, orthonormality_rounding,
+                      random_orthogonal, semi_identity)
+from ..polar_projection import project_orthonormal
 
 INIT_CHOICES = ("orthogonal", "identity", "kaiming")
 
@@ -39,7 +44,9 @@ class AlignmentMap:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` for inputs of shape ``(..., in_features)``."""
-        return F.linear(x, self.weight, self.bias)
+        w = self.weight
+        check_input_dtype(x, w)
+        return F.linear(x, w, self.bias)
 
     def regularizer(self) -> torch.Tensor:
         """The term this map adds to the training loss: 0 here (hard and free maps)."""
@@ -94,18 +101,22 @@ class AlignmentMap:
     def from_matrix(cls, weight: Any, bias: Any = None, **kwargs):
         """Build a map of this class whose weight (and bias) equal the given ones.
 
-        ``in_features``/``out_features``, dtype and device come from ``weight``; other constructor options
+        ``in_features``/``out_features`` come from ``weight``, and so do dtype and device unless ``kwargs`` name
+        them (``dtype=``, ``device=``: the map is built there and ``weight`` converted); other constructor options
         go in ``kwargs``. ``bias`` is a vector (the map gets that bias), ``None``/``False`` (no bias) or
         ``True`` (a zero bias).
         """
         w = as_float_tensor(weight, "weight", ndim=2)
+        dtype = kwargs.pop("dtype", None) or w.dtype
+        device = kwargs.pop("device", None)
+        device = w.device if device is None else check_device(device)
         if isinstance(bias, bool):
             has_bias, bias = bias, None
         else:
             has_bias = bias is not None
         if "bias" in kwargs:
             raise TypeError("from_matrix() takes the bias as its second argument (a vector, True or None)")
-        m = cls(w.shape[1], w.shape[0], bias=has_bias, dtype=w.dtype, device=w.device, **kwargs)
+        m = cls(w.shape[1], w.shape[0], bias=has_bias, dtype=dtype, device=device, **kwargs)
         return m.load_matrix_(w, bias)
 
     def config(self) -> dict:
@@ -125,10 +136,34 @@ class AlignmentMap:
         return w, b
 
 
-def check_dtype(dtype: Any) -> None:
-    """Raise :class:`TypeError` unless ``dtype`` (the constructor argument) is ``None`` or a floating dtype."""
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32 or torch.float64), got {dtype!r}")
+def entry_dtype(value: Any) -> torch.dtype | None:
+    """The floating torch dtype of a matrix given as a tensor or NumPy array (``None`` for anything else)."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return torch.from_numpy(np.zeros(0, dtype=value.dtype)).dtype
+    return None
+
+
+def check_input_dtype(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise :class:`ValueError` when ``x``'s last dimension is not the map's ``in_features`` (``weight``'s columns);
+    raise :class:`TypeError` when ``x``'s dtype differs from the map's (``weight``'s) outside autocast (autocast
+    casts float32 and half precision, never float64), with a
+    message that says what to convert (a float64 map in a float32 model fails at ``F.linear`` with a message that
+    names neither). A comparison of dtypes: no synchronisation, and ``torch.compile`` guards on it."""
+    if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"input must have in_features = {weight.shape[-1]} features in its last dimension, got shape "
+                         f"{tuple(x.shape)}")
+    if x.dtype != weight.dtype and (torch.float64 in (x.dtype, weight.dtype) or not _autocast_enabled(x.device.type)):
+        raise TypeError(f"input has dtype {x.dtype} but the map's weight has {weight.dtype}; convert one of them "
+                        f"(x.to({weight.dtype}) or map.to({x.dtype})), or run a float32 map under torch.autocast")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 def initial_weight(init: Any, out_features: int, in_features: int, *, dtype=None, device=None) -> torch.Tensor:
@@ -147,17 +182,87 @@ def initial_weight(init: Any, out_features: int, in_features: int, *, dtype=None
     raise ValueError(f"init must be one of {INIT_CHOICES} or an (out_features, in_features) matrix, got {init!r}")
 
 
-def orthonormality_tolerance(weight: torch.Tensor) -> float:
-    """Tolerance on ``||G - I||_F`` for accepting a matrix as orthonormal: ``100 * eps * sqrt(k) * k``."""
-    k = min(weight.shape)
-    eps = torch.finfo(weight.dtype).eps
-    return 100.0 * eps * k ** 1.5
+#: A matrix entering a hard map with :math:`\lVert G - I\rVert_F \le` ``ACCEPT_FACTOR`` :math:`\cdot\,\varepsilon k`
+#: (:math:`k` = the shorter side, :math:`\varepsilon` its dtype's epsilon) is rounding: it is taken bit for bit.
+ACCEPT_FACTOR = ROUNDING_FACTOR
+#: A matrix beyond rounding but with :math:`\lVert G - I\rVert_2 \le` ``PROJECT_BOUND`` (every singular value
+#: within about 2.5 % of 1: a matrix stored in half precision, or one that drifted in another library's training)
+#: is replaced by its orthogonal polar factor, with a warning; farther matrices are rejected.
+PROJECT_BOUND = 0.05
+
+
+class OrthonormalityWarning(UserWarning):
+    """A matrix given to a hard map was not orthonormal to rounding and was replaced by its polar factor."""
+
+
+def orthonormality_tolerance(weight: torch.Tensor, dtype: torch.dtype | None = None) -> float:
+    r"""Rounding-level tolerance on :math:`\lVert G - I\rVert_F` for ``weight`` in ``dtype`` (default its own):
+    :math:`10\,\varepsilon k`, :math:`k` the shorter side.
+
+    A float64 orthonormal matrix rounded to float32 has about :math:`0.01\text{–}0.1\,\varepsilon k`
+    (measured, k = 4 … 1024); the hard maps' own training keeps :math:`\lVert G - I\rVert_F` below
+    :math:`0.1\,\varepsilon k` (docs/benchmarks.md, drift)."""
+    return orthonormality_rounding(min(weight.shape[-2:]), dtype or weight.dtype)
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside relaxedortho and torch (the
+    user's call), however deep the entry (constructor, ``from_matrix``, ``load_state_dict``)."""
+    import sys
+
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              os.path.dirname(os.path.abspath(torch.__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _deviation(w: torch.Tensor) -> float:
+    return float(orthogonality_error(w.detach().double()))
 
 
 def check_orthonormal(w: torch.Tensor, name: str) -> None:
-    """Raise :class:`ValueError` unless ``w`` has orthonormal columns (tall) or rows (wide) to tolerance."""
-    err = float(orthogonality_error(w.detach().double()))
-    tol = max(orthonormality_tolerance(w), 1e-6 if w.dtype == torch.float32 else 0.0)
+    """Raise :class:`ValueError` unless ``w`` has orthonormal columns (tall) or rows (wide) to rounding
+    (:func:`orthonormality_tolerance`)."""
+    err, tol = _deviation(w), orthonormality_tolerance(w)
     if err > tol:
-        raise ValueError(f"{name} must have orthonormal columns (or rows when wide): ||G - I||_F = {err:.3g} "
-                         f"> tolerance {tol:.3g}; project it first, e.g. with relaxedortho.linalg.polar")
+        raise ValueError(f"{name} must have orthonormal columns (or rows when wide): ||G - I||_F = {err:.3g} > "
+                         f"{tol:.3g} (rounding level); project it first, e.g. with relaxedortho.linalg.polar")
+
+
+@torch.no_grad()
+def orthonormal_entry(w: torch.Tensor, name: str, *, source_dtype: torch.dtype | None = None) -> torch.Tensor:
+    r"""Validate a matrix that enters a hard map (``init``, :meth:`~AlignmentMap.load_matrix_`, a loaded state) and
+    return the matrix the map must hold.
+
+    - :math:`\lVert G - I\rVert_F \le` :func:`orthonormality_tolerance` (rounding in ``w``'s dtype): ``w`` itself;
+    - within the rounding level of a coarser ``source_dtype`` (a float32 matrix given to a float64 map): its polar
+      factor (:func:`~relaxedortho.polar_projection.project_orthonormal`), silently;
+    - :math:`\lVert G - I\rVert_2 \le` :data:`PROJECT_BOUND`: its polar factor, with an
+      :class:`OrthonormalityWarning` that gives the deviation;
+    - otherwise :class:`ValueError`.
+    """
+    err = _deviation(w)
+    tol = orthonormality_tolerance(w)
+    if err <= tol:
+        return w
+    coarser = source_dtype is not None and source_dtype.is_floating_point and \
+        torch.finfo(source_dtype).eps > torch.finfo(w.dtype).eps
+    if coarser and err <= orthonormality_tolerance(w, source_dtype):
+        return project_orthonormal(w)
+    k = min(w.shape)
+    if err <= PROJECT_BOUND:
+        spectral = err  # ||.||_2 <= ||.||_F
+    elif err > PROJECT_BOUND * math.sqrt(k):
+        spectral = err / math.sqrt(k)  # ||.||_2 >= ||.||_F / sqrt(k) > PROJECT_BOUND: no need for the exact value
+    else:
+        spectral = float(torch.linalg.eigvalsh(gram_deviation(w.detach().double())).abs().max())
+    if spectral <= PROJECT_BOUND:
+        warnings.warn(f"{name} is not orthonormal to rounding (||G - I||_F = {err:.3g} > {tol:.3g}, "
+                      f"||G - I||_2 = {spectral:.3g}); replaced by its orthogonal polar factor",
+                      OrthonormalityWarning, stacklevel=_caller_stacklevel())
+        return project_orthonormal(w)
+    raise ValueError(f"{name} must have orthonormal columns (or rows when wide): ||G - I||_F = {err:.3g}, "
+                     f"||G - I||_2 >= {spectral:.3g} > {PROJECT_BOUND} (rounding level: {tol:.3g}); project it first, "
+                     "e.g. with relaxedortho.linalg.polar")

@@ -13,20 +13,22 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
    * - ``"trivialization"``
      - square maps only (the default for them): the optimizer updates a skew ``generator``, folded into the
        weight after each step by :func:`~relaxedortho.linalg.skew_retraction` (dynamic trivialization)
-     - two or three products (the quadratic or cubic fold; a solve for large steps) and the skew part of the
-       gradient, whose product replaces ``nn.Linear``'s; one Newton–Schulz step (two products) every
-       ``polish_every`` steps
+     - two or three products (the quadratic or cubic fold; a solve for large steps, then checked) and the skew
+       part of the gradient, whose product replaces ``nn.Linear``'s; one re-projection every ``polish_every``
+       steps
    * - ``"retraction"``
-     - plain parameter; after each optimizer step a tangent-projected update is re-projected by
-       Newton–Schulz (the default for rectangular maps)
-     - third-order Newton–Schulz iterations (three products each; one or two in float32, adaptive) plus
-       one tangent projection (two products)
+     - plain parameter; after each optimizer step a tangent-projected update is re-projected onto the manifold
+       (:func:`~relaxedortho.polar_projection.project_orthonormal`; the default for rectangular maps)
+     - one polynomial pass with a guaranteed error bound (two ``n x k x k`` products and one to three
+       ``k x k x k``; the SVD after a step too large for it) plus one tangent projection (two products)
    * - ``"cayley"``
      - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
-     - ~3 n³, n×n solve
+     - ~3 n³, n×n solve; when a step leaves the argument's norm above :data:`REBASE_NORM`, the weight is
+       evaluated once more, checked, and the parametrization re-based on it
    * - ``"matrix_exp"``
      - same, matrix exponential of a skew matrix
-     - ~10–20 n³ (+ slow backward)
+     - ~10–20 n³ (+ slow backward); the weight is evaluated once more after each step, checked and the
+       parametrization re-based on it
    * - ``"householder"``
      - same, product of Householder reflectors
      - sequential
@@ -34,9 +36,17 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
 ``group="SO"`` (square maps only) keeps :math:`\det A = +1` (rotations); the default ``"O"`` admits
 reflections, which also preserve every inner product and are what embedding alignment usually wants
 (docs/math.md §4). All methods keep the sign of the determinant of their starting matrix.
+
+Safety: the weight is orthonormal to rounding at every forward pass, whatever the learning rate, the data scale,
+an edit by hand or a loaded state. A matrix given to the map is checked
+(:func:`~relaxedortho.maps.base.orthonormal_entry`: taken as it is at rounding level, replaced by its polar factor
+with a warning when close, rejected otherwise); a re-projection never diverges (far from the manifold it uses the
+SVD); an optimizer step that writes NaN or Inf is undone and raises :class:`FloatingPointError`
+(:mod:`relaxedortho.maps._step_guard`).
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -46,14 +56,22 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .._checks import check_choice, check_features
-from ..linalg import newton_schulz_polar, random_orthogonal, skew_retraction, tall
+from .._checks import check_choice, check_device, check_features, check_int
+from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew_retraction_kind_for_norm,
+                      spectral_norm_estimate, tall)
+from ..polar_projection import MAX_PASSES, project_orthonormal, project_orthonormal_
 from ._generator import GeneratorWeight, generator_linear, skew_part
-from .base import AlignmentMap, check_dtype, check_orthonormal, initial_weight
+from ._step_guard import guard, non_finite_step_message, restore_before_step
+from .base import AlignmentMap, check_dtype, check_input_dtype, entry_dtype, initial_weight, orthonormal_entry
 
 METHODS = ("auto", "trivialization", "retraction", "cayley", "matrix_exp", "householder")
 #: Methods whose weight is re-projected by this module after optimizer steps (not a torch parametrization).
 _SELF_PROJECTED = ("trivialization", "retraction")
+
+#: ``"cayley"``: after a step that leaves the skew argument of the parametrization's Cayley map with a Frobenius norm
+#: above this, the weight is checked and the parametrization re-based on it (argument reset to 0). ``"matrix_exp"``
+#: is checked and re-based after every step (``torch.matrix_exp`` misses float64 rounding even for small arguments).
+REBASE_NORM = 1.0
 
 _RETRACTED: "weakref.WeakSet[OrthogonalLinear]" = weakref.WeakSet()
 _GLOBAL_HOOK = None
@@ -65,7 +83,13 @@ def _retract_all_after_step(optimizer, args, kwargs) -> None:
         return
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for module in modules:
-        module._retract_if_stale(trusted=id(getattr(module, "generator", None)) in stepped)
+        mine = id(module._trainable_tensor()) in stepped
+        try:
+            module._retract_if_stale(trusted=mine and module.method == "trivialization", after_step=mine)
+        except FloatingPointError:
+            if mine:
+                raise
+            # another optimizer's map, broken by an edit (NaN): it raises at its own next forward, not in this step
 
 
 def _ensure_global_hook() -> None:
@@ -75,13 +99,20 @@ def _ensure_global_hook() -> None:
 
 
 def _project_tangent(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    r"""Projection of ``grad`` onto the tangent space of the Stiefel manifold at ``weight`` (tall orientation):
-    :math:`\xi - X\,\mathrm{sym}(X^\top\xi)`."""
-    x, g = tall(weight), tall(grad)
-    xtg = x.mT @ g
-    sym = 0.5 * (xtg + xtg.mT)
-    p = torch.addmm(g, x, sym, alpha=-1.0) if x.ndim == 2 else g - x @ sym
-    return p if weight.shape[-2] >= weight.shape[-1] else p.mT
+    r"""Projection of ``grad`` onto the tangent space of the Stiefel manifold at ``weight``:
+    :math:`\xi - X\,\mathrm{sym}(X^\top\xi)` for orthonormal columns (tall or square), :math:`\xi -
+    \mathrm{sym}(\xi X^\top)X` for orthonormal rows (wide). Computed in the weight's own orientation, so that the
+    products read contiguous operands and the result is contiguous like the gradient (no transposing copies)."""
+    if weight.ndim != 2:
+        x, g = tall(weight), tall(grad)
+        xtg = x.mT @ g
+        p = g - x @ (0.5 * (xtg + xtg.mT))
+        return p if weight.shape[-2] >= weight.shape[-1] else p.mT
+    if weight.shape[0] >= weight.shape[1]:
+        m = weight.mT @ grad
+        return torch.addmm(grad, weight, m.add_(m.mT.clone()), alpha=-0.5)
+    m = grad @ weight.mT
+    return torch.addmm(grad, m.add_(m.mT.clone()), weight, alpha=-0.5)
 
 
 class OrthogonalLinear(AlignmentMap, nn.Module):
@@ -100,19 +131,20 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             module documentation. The attribute ``method`` holds the resolved name.
         group: ``"O"`` (default) or ``"SO"`` (square only; not with ``"householder"``).
         init: ``"orthogonal"`` (default, Haar random), ``"identity"`` or an orthonormal ``out x in`` matrix.
-        ns_steps: third-order Newton–Schulz iterations per re-projection (``"retraction"``, and the
-            re-projection of a weight edited by hand under ``"trivialization"``;
-            :func:`~relaxedortho.linalg.newton_schulz_polar` with ``order=2``, three products each). Default
-            ``None``: adaptive — stop after the first iteration whose predicted error
-            :math:`\tfrac{5}{16}\lVert E\rVert_2^2\lVert E\rVert_F` is at the dtype's rounding level
-            (:math:`2\varepsilon\sqrt{k}`): one iteration at Adam's usual learning rates in float32, two or three
-            in float64. This reads one scalar per step (a synchronisation on a GPU); an integer fixes the count.
+        ns_steps: the most polynomial passes per re-projection (``"retraction"``, and the re-projection of a
+            weight edited by hand) before the SVD takes over; default ``None``: 4
+            (:data:`~relaxedortho.polar_projection.MAX_PASSES`). Each pass takes the cheapest Taylor degree whose
+            guaranteed error bound is at the dtype's rounding level
+            (:func:`~relaxedortho.polar_projection.default_tolerance`): one pass at Adam's usual learning rates in
+            float32, one or two in float64. Every re-projection reads two scalars
+            (one synchronisation on a GPU). (In 0.1.0 this fixed a number of Newton–Schulz iterations;
+            the name is kept for saved configurations.)
         project_gradient: project the gradient on the tangent space before the optimizer sees it
             (``"retraction"`` only; default ``True``; two products). It keeps the normal component out of Adam's
             moment estimates: without it a 128-d map trained 10⁴ steps at lr 1e-3 reached a loss of 0.397
             instead of 0.308 (Procrustes optimum 0.307).
-        polish_every: ``"trivialization"`` only: one quadratic Newton–Schulz step (two products) after every
-            this many folds removes the rounding the folds accumulate (default 32: with it ``||G - I||_F`` stayed
+        polish_every: ``"trivialization"`` only: a re-projection after every this many folds removes the rounding
+            the folds accumulate (default 32: with it ``||G - I||_F`` stayed
             below 3.2e-6 over 10⁴ float32 Adam steps at d = 128 and below 1.6e-5 over 10³ steps at d = 1024,
             ``benchmarks/bench_maps.py``).
         device, dtype: factory arguments.
@@ -133,8 +165,8 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
     With ``method="retraction"`` the weight is a plain parameter that any optimizer may update.
 
     With either, every ``torch.optim`` optimizer step re-projects (a global step post-hook), and so does the
-    next forward pass if the parameters were changed in any other way (a weight edited by hand is projected
-    back by Newton–Schulz). Use Adam's usual learning rates.
+    next forward pass if the parameters were changed in any other way (a weight edited by hand is replaced by its
+    polar factor). The parametrized methods are checked after each step the same way.
 
     Example:
         >>> import torch
@@ -153,6 +185,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         check_features(in_features, "in_features")
         check_features(out_features, "out_features")
         check_dtype(dtype)
+        device = None if device is None else check_device(device)
         check_choice(method, "method", METHODS)
         check_choice(group, "group", ("O", "SO"))
         square = in_features == out_features
@@ -167,21 +200,19 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             raise ValueError("group='SO' is not available with method='householder' (its determinant sign is "
                              "fixed by the reflector pattern); use 'trivialization', 'retraction', 'cayley' or "
                              "'matrix_exp'")
-        if ns_steps is not None and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
-            raise ValueError(f"ns_steps must be a positive integer, got {ns_steps!r}")
-        if isinstance(polish_every, bool) or not isinstance(polish_every, int) or polish_every < 1:
-            raise ValueError(f"polish_every must be a positive integer, got {polish_every!r}")
+        ns_steps = check_int(ns_steps, "ns_steps", none_means=f"{MAX_PASSES} passes")
+        polish_every = check_int(polish_every, "polish_every")
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.method, self.group, self.ns_steps = method, group, ns_steps
         self.project_gradient = bool(project_gradient)
         self.polish_every = polish_every
         dtype = dtype or torch.get_default_dtype()
-        if isinstance(init, str) and init == "orthogonal":
+        if isinstance(init, str) and init == "orthogonal":  # orthonormal to rounding by construction
             w0 = random_orthogonal(out_features, in_features, dtype=dtype, device=device, special=group == "SO")
         else:
             w0 = initial_weight(init, out_features, in_features, dtype=dtype, device=device)
-        self._check_orthonormal(w0, "init")
+            w0 = self._entry(w0, "init", source_dtype=entry_dtype(init))
         if method == "trivialization":
             self.register_buffer("weight", w0.clone())
             self.generator = nn.Parameter(torch.zeros(out_features, out_features, dtype=dtype, device=device))
@@ -198,17 +229,23 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             _RETRACTED.add(self)
             _ensure_global_hook()
             self.register_forward_pre_hook(_retraction_pre_hook)
-            self.register_load_state_dict_post_hook(_mark_loaded_exact)
             if method == "retraction" and self.project_gradient:
                 self.weight.register_hook(self._tangent_hook)
         else:
             parametrizations.orthogonal(self, "weight", orthogonal_map=method, use_trivialization=True)
+        self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
+        self.register_load_state_dict_post_hook(_check_loaded_state)
+        guard(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` for inputs of shape ``(..., in_features)``."""
         if self.method == "trivialization":
-            return generator_linear(x, self._buffers["weight"], self.generator, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            w = self._buffers["weight"]
+            check_input_dtype(x, w)
+            return generator_linear(x, w, self.generator, self.bias)
+        w = self.weight
+        check_input_dtype(x, w)
+        return F.linear(x, w, self.bias)
 
     def __getattr__(self, name: str):
         # "trivialization": the weight is a buffer; while gradients are recorded, hand out an alias whose
@@ -220,10 +257,18 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                 return GeneratorWeight.apply(w, gen) if torch.is_grad_enabled() and gen.requires_grad else w
         return super().__getattr__(name)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # the step guard's and load check's copies are transient
+        state.pop("_before_step", None)
+        state.pop("_state_before_load", None)
+        return state
+
     def __setstate__(self, state: dict) -> None:
         # copy.deepcopy and pickle rebuild the module without __init__: register the copy for the optimizer
         # step post-hook, and give a retraction copy its own tangent-projection hook (tensor hooks are not copied)
         super().__setstate__(state)
+        guard(self)
+        self._before_step = None
         if self.__dict__.get("method") in _SELF_PROJECTED:
             self._mark_restored()  # new tensors, new version counters
             _RETRACTED.add(self)
@@ -232,9 +277,49 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
             if self.method == "retraction" and self.project_gradient and not w._backward_hooks:
                 w.register_hook(self._tangent_hook)
 
+    # -- the step guard (maps/_step_guard.py) --------------------------------------------------------
+    def _guarded_tensors(self) -> list[torch.Tensor]:
+        if self.method == "retraction":
+            return [self.weight]
+        if self.method == "trivialization":
+            return []  # a non-finite generator is discarded by _fold
+        return [self.parametrizations.weight.original]
+
+    @torch.no_grad()
+    def _check_after_step(self) -> None:
+        if self.method in _SELF_PROJECTED:
+            return  # checked by the re-projection (_retract_all_after_step)
+        original = self.parametrizations.weight.original.detach()
+        # the argument of torch's matrix function is A = L - L^T, L the strictly lower part of the tall orientation
+        lower = tall(original).tril(-1)
+        finite, size = torch.stack([torch.isfinite(original).all().to(original.dtype),
+                                    math.sqrt(2.0) * torch.linalg.vector_norm(lower)]).tolist()
+        if not finite or not math.isfinite(size):
+            restore_before_step(self)
+            raise FloatingPointError(non_finite_step_message(f"OrthogonalLinear(method={self.method!r})"))
+        if self.method == "householder" or (self.method == "cayley" and size <= REBASE_NORM):
+            return  # Householder products are orthogonal to rounding for any finite input, the Cayley map of a small
+            # argument too; torch.matrix_exp is not (8e-13 in float64 after three Adam steps at lr 1e-2, 2 x 2)
+        # torch's matrix functions lose orthogonality for large arguments (up to 2e5 eps k for matrix_exp, 1e3 eps k
+        # for the Cayley map after large steps, measured): check the weight, and re-base the parametrization on it
+        # (on its polar factor when it is off), which resets the argument to zero (the dynamic trivialization's
+        # re-basing, Lezcano-Casado 2019)
+        w = self.weight
+        if not bool(torch.isfinite(w).all()):
+            restore_before_step(self)
+            raise FloatingPointError(f"OrthogonalLinear(method={self.method!r}): the step was too large for the "
+                                     "parametrization, whose matrix function overflowed to NaN or Inf; the weight "
+                                     "before the step was restored. Lower the learning rate (or use method="
+                                     "'trivialization' / 'retraction', which take any finite step).")
+        self.weight = project_orthonormal(w)
+
     # -- re-projection (trivialization and retraction) ---------------------------------------------
     def _tangent_hook(self, grad: torch.Tensor) -> torch.Tensor:
         return _project_tangent(self.weight.detach(), grad)
+
+    def _trainable_tensor(self) -> torch.Tensor:
+        """The tensor an optimizer updates: ``generator`` (trivialization) or ``weight`` (retraction)."""
+        return self.generator if self.method == "trivialization" else self.weight
 
     def _weight_tensor(self) -> torch.Tensor:
         """The stored weight (the buffer or parameter itself, never a differentiable alias)."""
@@ -258,38 +343,63 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
 
     @torch.no_grad()
     def _reproject(self) -> None:
-        p = self._weight_tensor()
-        if self.ns_steps is None:  # adaptive: stop once the predicted error is at rounding level
-            eps = torch.finfo(torch.float64 if p.dtype == torch.float64 else torch.float32).eps
-            tol = 2.0 * eps * min(p.shape) ** 0.5
-            p.copy_(newton_schulz_polar(p, 8, order=2, tol=tol))
-        else:
-            p.copy_(newton_schulz_polar(p, self.ns_steps, order=2))
+        """Replace the weight by its orthogonal polar factor
+        (:func:`~relaxedortho.polar_projection.project_orthonormal`: polynomial passes near the manifold, the SVD
+        beyond); raises :class:`FloatingPointError` on NaN/Inf."""
+        project_orthonormal_(self._weight_tensor(),
+                             max_passes=self.ns_steps if self.ns_steps is not None else MAX_PASSES)
 
     @torch.no_grad()
     def _fold(self, trusted: bool) -> None:
-        """``W <- R(skew P) W``, ``P <- 0``; one Newton–Schulz polish every ``polish_every`` folds.
+        """``W <- R(skew P) W``, ``P <- 0``; a re-projection every ``polish_every`` folds.
 
         ``trusted``: ``P`` was written by an optimizer step from a skew gradient, so it is skew already (every
-        element-wise update keeps it so, bit for bit); otherwise its skew part is taken first."""
+        element-wise update keeps it so, bit for bit); otherwise its skew part is taken first. A ``P`` with NaN or
+        Inf entries is discarded (the weight is kept) and raises :class:`FloatingPointError`; a large ``P`` takes
+        the Cayley transform into a new tensor, re-projected before it replaces the weight."""
         gen, w = self.generator, self._weight_tensor()
         a = gen if trusted else skew_part(gen)
-        skew_retraction(w, a, inplace=True)
+        sigma = SKEW_NORM_SAFETY * float(spectral_norm_estimate(a))
+        if not math.isfinite(sigma) and not bool(torch.isfinite(a).all()):
+            gen.zero_()
+            raise FloatingPointError("OrthogonalLinear: the generator holds NaN or Inf (a non-finite gradient or "
+                                     "edit); the update was discarded and the weight kept")
+        kind = skew_retraction_kind_for_norm(sigma, w.dtype)
+        if kind == "cayley":  # a large step: computed aside and checked, never written unchecked
+            new = skew_retraction(w, a, kind=kind)
+            try:
+                new = project_orthonormal(new)
+            except FloatingPointError:
+                gen.zero_()
+                raise FloatingPointError(f"OrthogonalLinear: an update of spectral norm ~{sigma:.3g} overflowed "
+                                         f"{w.dtype}; the update was discarded and the weight kept (lower the "
+                                         "learning rate)") from None
+            w.copy_(new)
+        else:
+            skew_retraction(w, a, inplace=True, kind=kind)
         gen.zero_()
         self._folds += 1
         if self._folds >= self.polish_every:
-            w.copy_(newton_schulz_polar(w, 1, order=1))
+            project_orthonormal_(w)
             self._folds = 0
         self.folds.fill_(self._folds)
 
     @torch.no_grad()
-    def _retract_if_stale(self, trusted: bool = False) -> None:
+    def _retract_if_stale(self, trusted: bool = False, after_step: bool = False) -> None:
         w = self._weight_tensor()
         with torch.autocast(device_type=w.device.type, enabled=False):
-            if w._version != self._version:  # edited by hand: project back
-                self._reproject()
+            if w._version != self._version:  # edited by hand or by an optimizer step: project back
+                try:
+                    self._reproject()
+                except FloatingPointError:
+                    if not (after_step and restore_before_step(self)):
+                        raise
+                    self._mark_exact()
+                    raise FloatingPointError(non_finite_step_message("OrthogonalLinear")) from None
                 if self.method == "trivialization":
                     self.generator.zero_()
+                if self.group == "SO":
+                    _make_rotation_(w)
             elif self.method == "trivialization" and self.generator._version != self._generator_version:
                 self._fold(trusted)
             else:
@@ -307,16 +417,19 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         return self
 
     # -- interface -------------------------------------------------------------------------------
-    def _check_orthonormal(self, w: torch.Tensor, name: str) -> None:
-        check_orthonormal(w, name)
+    def _entry(self, w: torch.Tensor, name: str, source_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The matrix the map holds for ``w`` given by a user (:func:`~relaxedortho.maps.base.orthonormal_entry`);
+        a reflection given to a ``group="SO"`` map is rejected."""
+        w = orthonormal_entry(w, name, source_dtype=source_dtype)
         if self.group == "SO" and float(torch.linalg.det(w.detach().double())) < 0:
             raise ValueError(f"{name} has determinant -1 but group='SO' needs a rotation (det +1)")
+        return w
 
     @torch.no_grad()
     def load_matrix_(self, weight: Any, bias: Any = None) -> "OrthogonalLinear":
         w, b = self._validated(weight, bias)
-        w = w.to(dtype=self._dtype, device=self._device)
-        self._check_orthonormal(w, "weight")
+        source = w.dtype
+        w = self._entry(w.to(dtype=self._dtype, device=self._device), "weight", source_dtype=source)
         if self.method in _SELF_PROJECTED:
             self._weight_tensor().copy_(w)
             if self.method == "trivialization":
@@ -351,9 +464,44 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
                 f"method={self.method!r}, group={self.group!r}")
 
 
+def _keep_state_before_load(module: OrthogonalLinear, state_dict, prefix, *args) -> None:
+    # a copy of this map's own tensors, restored if the loaded weight is rejected (see _check_loaded_state)
+    module._state_before_load = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@torch.no_grad()
+def _check_loaded_state(module: OrthogonalLinear, incompatible_keys) -> None:
+    # a loaded weight enters the map like any other (orthonormal_entry): kept bit for bit when orthonormal to
+    # rounding, projected with a warning when close, rejected otherwise, with the map's previous state restored
+    saved = module.__dict__.pop("_state_before_load", None)
+    if module.method in _SELF_PROJECTED:
+        module._mark_restored()
+    weight = module._weight_tensor() if module.method in _SELF_PROJECTED else module.weight.detach()
+    try:
+        checked = module._entry(weight, "the loaded weight")
+    except ValueError:
+        if saved is not None:
+            module.load_state_dict(saved)
+        raise
+    if checked is not weight:
+        if module.method in _SELF_PROJECTED:
+            weight.copy_(checked)
+            module._mark_exact()
+        else:
+            module.weight = checked
+
+
+@torch.no_grad()
+def _make_rotation_(w: torch.Tensor) -> None:
+    """Turn an orthogonal ``w`` with determinant -1 into the nearest rotation (flip the direction of its smallest
+    singular value, here any: all are 1); a no-op for a rotation."""
+    if float(torch.linalg.det(w.double())) < 0:
+        w[:, -1].neg_()
+
+
 def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
-    # a loaded state is exactly a saved point of the manifold: do not re-project it (that would change bits)
-    module._mark_restored()
+    # the post-hook of earlier versions, kept so that modules pickled by them still load
+    _check_loaded_state(module, incompatible_keys)
 
 
 def _retraction_pre_hook(module: OrthogonalLinear, args) -> None:

@@ -29,6 +29,8 @@ def parameter_groups(module: nn.Module, lr: float, weight_decay: float = 0.0) ->
     and their parametrization originals, no decay) and ``"free"`` (everything else, ``weight_decay``).
     Each group carries its name under the key ``"name"``.
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     lr = check_positive(lr, "lr")
     weight_decay = check_nonnegative(weight_decay, "weight_decay")
     orthogonal_ids = set()

@@ -9,8 +9,9 @@ Default objective of the one-map case (a map :math:`f_\theta` from source to tar
 the element-wise mean squared error over a mini-batch plus the map's own ``regularizer()`` :math:`R`
 (the λ-orthogonality penalty of :class:`~relaxedortho.LambdaOrthoLinear`, Ricci et al., NeurIPS 2025,
 arXiv 2509.16664, Eq. 6; zero for hard and free maps). The mean, not the per-sample sum, keeps the data's pull
-below the penalty's bounded slope, so a λ-orthogonal map settles at :math:`\lVert G - I\rVert_F \approx \lambda`
-(docs/math.md §2).
+below the penalty's bounded slope, so a λ-orthogonal map settles *below* λ, at the deviation where the penalty's
+slope equals the data's pull (:math:`\approx \lambda - \ln((1 + \alpha\lambda)/\pi)/\alpha`,
+:func:`~relaxedortho.penalties.lambda_equilibrium`; docs/math.md §2), not beyond it.
 
 The per-step overhead is kept small: the step's loss stays on the device (no kernel, no synchronisation
 is added to the step) and the pending losses are read back together, in one synchronisation, every
