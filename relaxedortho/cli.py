@@ -20,12 +20,13 @@ environment variable ``RELAXEDORTHO_TRACEBACK=1`` to see its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .files import write_json
 
@@ -181,10 +182,11 @@ def _check_solver(kind: str, solver: str) -> None:
 
 def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.5, bias: bool | None = None,
               epochs: int = 100, batch_size: int = 256, lr: float | None = None, seed: int = 0, progress: bool = False,
-              band_steps: int = 300, init: str = "auto", tol: float | None = 1e-4, start=None):
+              band_steps: int | None = None, init: str = "auto", tol: float | None = 1e-4, start=None):
     """Fit a map ``X → Y`` of ``kind`` by ``solver`` (``"closed"`` or ``"trained"``); returns the module.
 
-    Trained maps start from ``init`` (:func:`relaxedortho.training.initialization.initialize_map`), or from the
+    Band maps are :func:`~relaxedortho.closed_form.fit_closed_form` ``kind="relaxed_band"`` (``band_steps``: its
+    iteration limit, default the solver's). Trained maps start from ``init`` (:func:`relaxedortho.training.initialization.initialize_map`), or from the
     weight and bias of ``start`` (a trained map of the same shape: the warm start of a λ sweep)."""
     import torch
 
@@ -204,10 +206,20 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
                 w = torch.linalg.lstsq(X.double(), Y.double()).solution.mT.to(X.dtype)
                 return AffineMap.from_matrix(w, None)
             return m
-        from .demo import fit_band_path
+        # band: the band-constrained relaxed Procrustes (docs/math.md §5)
+        from .exceptions import ConvergenceWarning
 
-        (_, W, b, _), = fit_band_path(X, Y, [eps], steps=band_steps)
-        return AffineMap.from_matrix(W.mT.to(X.dtype), b.to(X.dtype) if bias is not False else None)
+        iterations = {} if band_steps is None else {"max_iter": band_steps}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            m = fit_closed_form(X, Y, kind="relaxed_band", epsilon=eps, center=bias is not False, **iterations)
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                print(f"relaxedortho: warning: the band solver stopped at its iteration limit before its tolerance "
+                      f"({' '.join(str(w.message).split())})", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return m
     torch.manual_seed(seed)
     if kind == "orthogonal":
         module = OrthogonalLinear(p, q, bias=bool(bias), dtype=X.dtype, device=X.device)
@@ -215,8 +227,6 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
         module = LambdaOrthoLinear(p, q, bias=bias is not False, lam=lam, dtype=X.dtype, device=X.device)
     else:
         module = AffineMap(p, q, bias=bias is not False, dtype=X.dtype, device=X.device)
-    from .training import NonFiniteLossError, TrainingDivergedError
-
     if start is not None:
         with torch.no_grad():
             module.load_matrix_(start.weight.detach(), None if start.bias is None or module.bias is None
@@ -224,20 +234,10 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
         init = "module"
     from .exceptions import ConvergenceWarning
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # said on stderr as a one-line warning, below
-            warnings.simplefilter("always", ConvergenceWarning)
-            h = fit_alignment(module, X, Y, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress,
-                              init=init, tol=tol)
-    except TrainingDivergedError as exc:  # the library's advice names Python arguments: say it in options
-        h = exc.history
-        raise CLIError(f"training diverged: the last epoch's mean loss ({h.loss[-1]:.4g}) is far above the "
-                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {h.lr:g}; "
-                       f"try {h.lr / 10:g}) or rescale the data") from None
-    except NonFiniteLossError as exc:
-        now = lr if lr is not None else _default_lr(module)
-        raise CLIError(f"training failed: the loss became NaN or Inf at step {exc.step}; no map is saved. Use a "
-                       f"smaller --lr (now {now:g}; try {now / 10:g}) or rescale the data") from None
+    with _training_errors(lr, lambda: _default_lr(module)), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)  # said on stderr as a one-line warning, below
+        h = fit_alignment(module, X, Y, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress,
+                          init=init, tol=tol)
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             print(f"relaxedortho: warning: the {kind} map did not converge in {epochs} epochs (the loss still fell "
@@ -417,69 +417,91 @@ def cmd_eval(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- sweep
-def _gram_distortion(A, B) -> float:
-    r"""Relative change of the Gram matrix :math:`\lVert BB^\top - AA^\top\rVert_F / \lVert AA^\top\rVert_F`."""
-    Ga, Gb = A.double() @ A.double().mT, B.double() @ B.double().mT
-    return float(((Gb - Ga).norm() / Ga.norm().clamp_min(1e-300)))
+@contextlib.contextmanager
+def _training_errors(lr: float | None, default_lr: Callable[[], float]):
+    """A diverged or non-finite training run as a :class:`CLIError` whose advice names the command's options
+    (the library's names Python arguments)."""
+    from .training import NonFiniteLossError, TrainingDivergedError
+
+    try:
+        yield
+    except TrainingDivergedError as exc:
+        h = exc.history
+        raise CLIError(f"training diverged: the last epoch's mean loss ({h.loss[-1]:.4g}) is far above the "
+                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {h.lr:g}; "
+                       f"try {h.lr / 10:g}) or rescale the data") from None
+    except NonFiniteLossError as exc:
+        now = lr if lr is not None else default_lr()
+        raise CLIError(f"training failed: the loss became NaN or Inf at step {exc.step}; no map is saved. Use a "
+                       f"smaller --lr (now {now:g}; try {now / 10:g}) or rescale the data") from None
 
 
 def cmd_sweep(args) -> int:
-    """``relaxedortho sweep``: a λ sweep with a JSON table and a plot; returns the exit status."""
+    """``relaxedortho sweep``: a λ sweep (:func:`relaxedortho.training.lambda_sweep`) with a JSON table and a plot;
+    returns the exit status."""
     import numpy as np
     import torch
 
+    from .exceptions import ConvergenceWarning
     from .files import writable_dir
+    from .metrics import fit_mse, gram_distortion
+    from .training import lambda_sweep
+    from .training.learning_rate import DEFAULT_ANGLE
 
     out = writable_dir(args.out)
     device = _device(args.device)
     X, Y, labels = _load_pair(args, device)
     n = X.shape[0]
-    g = np.random.default_rng(args.seed)
-    perm = g.permutation(n)
     n_val = int(round(args.val_fraction * n))
     if n_val < 2 or n - n_val < 2:
         raise CLIError(f"--val-fraction {args.val_fraction} leaves too few rows for training or validation "
                        f"({n} pairs)")
-    val, tr = torch.as_tensor(np.sort(perm[:n_val]), device=device), torch.as_tensor(np.sort(perm[n_val:]),
-                                                                                      device=device)
     lams = sorted(args.lams)
+    _log(args, f"λ sweep over {', '.join(f'{v:g}' for v in lams)} on {n - n_val} training pairs")
+    p = max(X.shape[1], Y.shape[1])
+    with _training_errors(args.lr, lambda: DEFAULT_ANGLE / math.sqrt(p)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # said per map below, in the command's options
+        table = lambda_sweep(X, Y, lams, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             holdout=n_val / n, ends=False, seed=args.seed, device=device, init=args.init,
+                             warm_start=args.init != "module", dtype=X.dtype, tol=args.tol)
+    tr, val = table.train_index.to(device), table.eval_index.to(device)
     results = []
-    previous = None  # warm start along λ: each finite λ after the first starts from the previous λ's map
-    for i, lam in enumerate(lams):
-        t = time.perf_counter()
-        kind = "affine" if math.isinf(lam) else "lambda"
-        module = build_map(kind, "trained", X[tr], Y[tr], lam=lam, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=args.lr, seed=args.seed, progress=False, init=args.init, tol=args.tol,
-                           start=previous if kind == "lambda" and args.init != "module" else None)
-        if kind == "lambda":
-            previous = module
+    for i, (entry, module, h) in enumerate(zip(table.rows, table.maps, table.histories)):
+        lam = math.inf if entry["lam"] is None else entry["lam"]
+        module.eval()
         with torch.no_grad():
             BXv = module(X[val])
-            row = {"lam": lam, "kind": kind,
-                   "train_mse": float(((module(X[tr]).double() - Y[tr].double()) ** 2).sum(1).mean()),
-                   "val_mse": float(((BXv.double() - Y[val].double()) ** 2).sum(1).mean()),
-                   "orthogonality_error": module.orthogonality_error(),
-                   "gram_distortion_val": _gram_distortion(X[val], BXv), **_training_record(module)}
+            row = {"lam": lam, "kind": entry["map"],
+                   "train_mse": fit_mse(module(X[tr]), Y[tr]), "val_mse": entry["fit_mse"],
+                   "orthogonality_error": entry["orthogonality_error"],
+                   "gram_distortion_val": gram_distortion(X[val], BXv), "neighbour_agreement_val": entry["geometry"],
+                   "init": entry["init"], "lr": h.lr, "epochs_run": h.epochs, "converged": h.converged,
+                   "stop_reason": h.stop_reason}
             if labels is not None:
-                lv = labels[np.sort(perm[:n_val])]
+                lv = labels[val.cpu().numpy()]
                 r = _loo_retrieval(BXv, Y[val], lv)
                 s = _loo_retrieval(BXv, BXv, lv)
                 row.update(top1_to_target=r["top1"], map_to_target=r["map"], top1_self=s["top1"],
                            map_self=s["map"])
-        row["seconds"] = round(time.perf_counter() - t, 3)
+        row["seconds"] = entry["seconds"]
         results.append(row)
+        if not h.converged:
+            print(f"relaxedortho: warning: the {row['kind']} map (λ={lam:g}) did not converge in {args.epochs} epochs "
+                  f"(the loss still fell by {100 * h.relative_change[-1]:.3g}% in the last); use more --epochs or a "
+                  f"larger --lr (now {h.lr:g})", file=sys.stderr)
         if args.save_maps:
             from .serialization import save
 
             save(module.cpu(), os.path.join(out, f"map_lam={lam:g}.pt"))
-        _log(args, f"[{i + 1}/{len(lams)}] λ={lam:g}: val MSE {row['val_mse']:.5g}, ||G-I||_F "
+        _log(args, f"[{i + 1}/{len(table)}] λ={lam:g}: val MSE {row['val_mse']:.5g}, ||G-I||_F "
                    f"{row['orthogonality_error']:.4g}, Gram distortion {row['gram_distortion_val']:.4g}")
     report = {"source": args.source, "target": args.target, "n_train": int(n - n_val), "n_val": n_val,
               "seed": args.seed, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+              "fit_mse": "mean over pairs of the squared error per pair, (1/n)||B(X) - Y||_F^2 (docs/math.md §6)",
               "results": results}
     if labels is not None:
         with torch.no_grad():
-            lv = labels[np.sort(perm[:n_val])]
+            lv = labels[val.cpu().numpy()]
             report["source_self_top1"] = _loo_retrieval(X[val], X[val], lv)["top1"]
     plot = os.path.join(out, "sweep.png")
     _plot_sweep(report, plot)

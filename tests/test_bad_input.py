@@ -384,6 +384,12 @@ for fn in (similarity.linear_cka, similarity.procrustes_distance):
 # ----------------------------------------------------------------------------------------------- rows: metrics
 QL, GL = LABELS, LABELS
 row(metrics.cmc, lambda f: metrics.cmc(X, Y, QL, GL, topk=1.5), ValueError, "topk", "cmc-float-topk")
+row(metrics.fit_mse, lambda f: metrics.fit_mse(X, Y[:-1]), ValueError, "same shape", "fit_mse-shape-mismatch")
+row(metrics.fit_mse, lambda f: metrics.fit_mse(X_NAN, Y), ValueError, "NaN", "fit_mse-nan")
+row(metrics.fit_mse, lambda f: metrics.fit_mse(X[0], Y[0]), ValueError, "prediction", "fit_mse-1d")
+row(metrics.gram_distortion, lambda f: metrics.gram_distortion(X, Y[:-1]), ValueError, "same number",
+    "gram_distortion-row-mismatch")
+row(metrics.gram_distortion, lambda f: metrics.gram_distortion(X, X_NAN), ValueError, "NaN", "gram_distortion-nan")
 row(metrics.cmc, lambda f: metrics.cmc(X, Y, QL, GL, topk=0), ValueError, "topk", "cmc-zero-topk")
 row(metrics.cmc, lambda f: metrics.cmc(X_NAN, Y, QL, GL), ValueError, "query contains NaN", "cmc-nan")
 row(metrics.cmc, lambda f: metrics.cmc(X, Y3, QL, GL), ValueError, "feature dimension", "cmc-width-mismatch")

@@ -18,7 +18,7 @@ KINDS = {"orthogonal", "lambda", "affine", "closed_form"}
 
 def tiny(**kw) -> DemoConfig:
     """A small but real configuration (a few seconds)."""
-    base = dict(hidden=48, model_epochs=6, map_epochs=8, band_steps=40, lams=(0.0, 1.0), band_eps=(0.05, 0.5, 3.0))
+    base = dict(hidden=48, model_epochs=6, map_epochs=8, lams=(0.0, 1.0), band_eps=(0.05, 0.5, 3.0))
     base.update(kw)
     return DemoConfig(**base)
 

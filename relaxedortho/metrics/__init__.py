@@ -1,4 +1,6 @@
-r"""Metrics of (compatible) retrieval: CMC, mAP, compatibility matrices, AC/AM and backfilling curves.
+r"""Metrics of (compatible) retrieval: CMC, mAP, compatibility matrices, AC/AM and backfilling curves; and of a
+map's fit and preserved geometry (:func:`fit_mse` in ``fit_error.py``; :func:`neighbour_agreement` and
+:func:`gram_distortion` in ``geometry.py``).
 
 Every retrieval metric ranks a labelled gallery for each labelled query by **cosine similarity** of the
 L2-normalised features, :math:`s_{qg} = \langle \hat q, \hat g\rangle`, :math:`\hat x = x/\lVert x\rVert_2`
@@ -52,6 +54,8 @@ Ricci et al., arXiv 2509.16664 (2025).
 from .backfilling import BackfillingCurve, backfilling_curve, backfilling_order
 from .compatibility import (average_compatibility, average_multimodel_accuracy, compatibility_matrix,
                             compatibility_matrix_from_models, empirical_compatibility)
+from .fit_error import fit_mse
+from .geometry import gram_distortion, neighbour_agreement
 from .retrieval import RetrievalReport, cmc, mean_average_precision, retrieval_report
 
 __all__ = [
@@ -59,4 +63,5 @@ __all__ = [
     "compatibility_matrix", "compatibility_matrix_from_models", "empirical_compatibility",
     "average_compatibility", "average_multimodel_accuracy",
     "BackfillingCurve", "backfilling_order", "backfilling_curve",
+    "fit_mse", "neighbour_agreement", "gram_distortion",
 ]

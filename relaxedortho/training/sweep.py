@@ -3,8 +3,9 @@ r"""The λ trade-off: fit a λ-orthogonal map for several λ, plus the orthogona
 Reproduces the kind of table and plot of Ricci et al. (NeurIPS 2025, arXiv 2509.16664, Appendix E): a larger
 λ fits the target better and preserves the source geometry less. For each map the table reports
 
-- ``fit_mse``: element-wise mean squared error :math:`\frac{1}{nq}\lVert f(X) - Y\rVert_F^2` on the held-out
-  rows (on the training rows when ``holdout=0``);
+- ``fit_mse``: the mean over rows of the squared row error :math:`\frac{1}{n}\lVert f(X) - Y\rVert_F^2`
+  (:func:`~relaxedortho.metrics.fit_mse`, docs/math.md §6; before this release the sweep reported the element-wise
+  mean, q times smaller) on the held-out rows (on the training rows when ``holdout=0``);
 - ``geometry``: nearest-neighbour agreement — the share of held-out points whose nearest other point
   (Euclidean) is the same in the mapped space as in the source space (1 for an orthogonal map, with or
   without bias, up to ties; see :func:`neighbour_agreement`);
@@ -13,17 +14,23 @@ Reproduces the kind of table and plot of Ricci et al. (NeurIPS 2025, arXiv 2509.
   CMC top-1 of :func:`~relaxedortho.training.trainer.default_retrieval_metric`).
 
 Each row also records, outside :data:`COLUMNS`, the map's start (``init``: the name of the data-driven start or
-``"warm start"``), ``converged`` and ``epochs_run`` from its :class:`~relaxedortho.training.TrainHistory`.
+``"warm start"``), ``converged`` and ``epochs_run`` from its :class:`~relaxedortho.training.TrainHistory`, and
+the seconds its training took. The table keeps the trained maps (:attr:`SweepTable.maps`), their histories and
+the split (:attr:`SweepTable.train_index`, :attr:`SweepTable.eval_index`), so callers (the ``relaxedortho sweep``
+command, the demo) add their own columns without training again.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .._checks import as_float_tensor, check_nonnegative
+from .._checks import check_nonnegative
+from ..metrics.fit_error import fit_mse
+from ..metrics.geometry import neighbour_agreement  # re-exported: its public home before metrics/geometry.py
 from .data import RowArray, check_same_length
 from .initialization import check_init
 from .precision import resolve_device
@@ -32,48 +39,23 @@ from .trainer import default_retrieval_metric, fit_alignment
 COLUMNS = ("map", "lam", "fit_mse", "geometry", "orthogonality_error", "metric")
 
 
-def neighbour_agreement(source: torch.Tensor, mapped: torch.Tensor, chunk: int = 2048) -> float:
-    r"""Share of rows whose nearest other row (Euclidean) is the same in ``source`` and in ``mapped``.
-
-    .. math:: \frac1n \sum_i \mathbb 1\big[\arg\min_{j\ne i} \lVert x_i - x_j\rVert
-              = \arg\min_{j\ne i}\lVert f(x_i) - f(x_j)\rVert\big]
-
-    Computed in float64, in chunks of rows (memory :math:`O(\text{chunk}\cdot n)`). A measure of preserved
-    geometry: an isometry (orthogonal map plus any translation) keeps every distance and scores 1 (up to
-    ties); a map that distorts the geometry scores less.
-
-    Example:
-        >>> import torch
-        >>> x = torch.randn(50, 6, dtype=torch.float64)
-        >>> neighbour_agreement(x, 3.0 * x + 1.0)
-        1.0
-    """
-    def nn_index(z: torch.Tensor) -> torch.Tensor:
-        z = z.double()
-        sq = (z * z).sum(dim=1)
-        out = []
-        for lo in range(0, z.shape[0], chunk):
-            d = sq[lo:lo + chunk, None] + sq[None, :] - 2.0 * (z[lo:lo + chunk] @ z.T)
-            rows = torch.arange(lo, min(lo + chunk, z.shape[0]), device=z.device)
-            d[rows - lo, rows] = math.inf
-            out.append(d.argmin(dim=1))
-        return torch.cat(out)
-
-    source = as_float_tensor(source, "source", ndim=2)
-    mapped = as_float_tensor(mapped, "mapped", ndim=2)
-    if source.shape[0] < 2 or source.shape[0] != mapped.shape[0]:
-        raise ValueError(f"source and mapped must have the same number (>= 2) of rows, got {source.shape[0]} and "
-                         f"{mapped.shape[0]}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    return float((nn_index(source) == nn_index(mapped)).double().mean())
-
-
 @dataclass
 class SweepTable:
-    """The rows of a λ sweep (one dict per map, keys :data:`COLUMNS`), ends included."""
+    """The rows of a λ sweep (one dict per map, keys :data:`COLUMNS`), ends included.
+
+    Attributes:
+        rows: one dict per map, in sweep order (⊥, λ ascending, ∞).
+        maps: the trained map modules, in the order of ``rows``.
+        histories: their :class:`~relaxedortho.training.TrainHistory`, in the order of ``rows``.
+        train_index, eval_index: the rows of the data the maps were trained and evaluated on (the same rows
+            when ``holdout=0``).
+    """
 
     rows: list[dict] = field(default_factory=list)
+    maps: list = field(default_factory=list, repr=False)
+    histories: list = field(default_factory=list, repr=False)
+    train_index: torch.Tensor | None = field(default=None, repr=False)
+    eval_index: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -114,7 +96,7 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
                  lr: float | None = None, bias: bool = True, alpha: float | None = None, holdout: float = 0.2,
                  labels: Any = None, metric: Callable | None = None, ends: bool = True, seed: int = 0,
                  device: Any = "auto", progress: bool = False, init: str = "auto", warm_start: bool = True,
-                 **fit_options: Any) -> SweepTable:
+                 dtype: torch.dtype = torch.float32, geometry: bool = True, **fit_options: Any) -> SweepTable:
     r"""Fit :class:`~relaxedortho.LambdaOrthoLinear` for each λ in ``lams`` (and, with ``ends``, the orthogonal
     :class:`~relaxedortho.OrthogonalLinear` and the affine :class:`~relaxedortho.AffineMap`) and tabulate.
 
@@ -133,13 +115,16 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
     Args:
         source, target: paired features ``n x p`` and ``n x q`` (tensors, arrays or memory maps — the sweep
             loads them whole for evaluation).
-        lams: λ values >= 0 (``math.inf`` is allowed and equals the affine end).
+        lams: λ values >= 0; ``math.inf`` is the affine end (an :class:`~relaxedortho.AffineMap`, once, also
+            with ``ends``).
         alpha: sigmoid steepness of the λ-maps (default the map's default).
         labels: class labels of the rows for the default retrieval metric (CMC top-1 of mapped source vs
             target); ``metric`` overrides it.
         lr: learning rate (default: :func:`~relaxedortho.training.learning_rate.default_lr` of the maps).
         init: the start of the maps that do not warm-start (see above).
         warm_start: start each λ > the smallest from the previous λ's trained map.
+        dtype: floating type the data are loaded in and the maps trained in (default float32).
+        geometry: compute the ``geometry`` column (:math:`O(n^2)` in the evaluated rows); ``False`` leaves it NaN.
         **fit_options: passed to :func:`~relaxedortho.fit_alignment` (``amp``, ``clip_grad_norm``, ``tol``, ...).
     """
     from ..maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
@@ -150,6 +135,10 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
         raise TypeError(f"lams must be a sequence of λ values, got {type(lams).__name__} {lams!r} (wrap one value in "
                         f"a list)")
     lam_values = sorted(check_nonnegative(v, f"lams[{i}]", allow_inf=True) for i, v in enumerate(lams))
+    affine_end = ends or (bool(lam_values) and math.isinf(lam_values[-1]))
+    lam_values = [v for v in lam_values if not math.isinf(v)]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if not lam_values and not ends:
         raise ValueError("nothing to sweep: lams is empty and ends=False")
     if metric is not None and not callable(metric):
@@ -162,8 +151,8 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
     if labels is not None:
         arrays.append(RowArray(labels, "labels", labels=True))
     n = check_same_length(arrays)
-    X = arrays[0].all_rows(torch.device("cpu"), torch.float32)
-    Y = arrays[1].all_rows(torch.device("cpu"), torch.float32)
+    X = arrays[0].all_rows(torch.device("cpu"), dtype)
+    Y = arrays[1].all_rows(torch.device("cpu"), dtype)
     L = arrays[2].all_rows(torch.device("cpu"), None) if labels is not None else None
     train_idx, eval_idx = _split(n, holdout, seed)
     Xtr, Ytr, Xev, Yev = X[train_idx], Y[train_idx], X[eval_idx], Y[eval_idx]
@@ -174,16 +163,18 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
 
     specs: list[tuple[str, float | None, Callable]] = []
     if ends:
-        specs.append(("orthogonal", None, lambda: OrthogonalLinear(p, q, bias=bias)))
+        specs.append(("orthogonal", None, lambda: OrthogonalLinear(p, q, bias=bias, dtype=dtype)))
     lam_kwargs = {} if alpha is None else {"alpha": alpha}
     for lam in lam_values:
-        specs.append(("lambda", lam, lambda lam=lam: LambdaOrthoLinear(p, q, bias=bias, lam=lam, **lam_kwargs)))
-    if ends:
-        specs.append(("affine", math.inf, lambda: AffineMap(p, q, bias=bias)))
+        specs.append(("lambda", lam, lambda lam=lam: LambdaOrthoLinear(p, q, bias=bias, lam=lam, dtype=dtype,
+                                                                       **lam_kwargs)))
+    if affine_end:
+        specs.append(("affine", math.inf, lambda: AffineMap(p, q, bias=bias, dtype=dtype)))
 
-    table = SweepTable()
+    table = SweepTable(train_index=train_idx, eval_index=eval_idx)
     previous = None  # the last trained λ map (warm start of the next λ)
     for kind, lam, build in specs:
+        t = time.perf_counter()
         torch.manual_seed(seed)
         module = build()
         start = init
@@ -194,17 +185,20 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
                           progress=progress, init=start, **fit_options)
         if kind == "lambda":
             previous = module
+        seconds = time.perf_counter() - t
         dev = next(module.parameters()).device
         with torch.no_grad():
-            mapped = module(Xev.to(dev)).float()
+            mapped = module(Xev.to(dev))
         yev = Yev.to(dev)
-        row = {"map": kind, "lam": lam, "fit_mse": float(torch.nn.functional.mse_loss(mapped, yev)),
-               "geometry": neighbour_agreement(Xev.to(dev), mapped),
+        row = {"map": kind, "lam": lam, "fit_mse": fit_mse(mapped, yev),
+               "geometry": neighbour_agreement(Xev.to(dev), mapped) if geometry else math.nan,
                "orthogonality_error": float(module.orthogonality_error()),
                "metric": float(metric(mapped, yev, None if Lev is None else Lev.to(dev))) if metric else math.nan,
                "init": "warm start" if start == "module" and init != "module" else h.init["init"],
-               "converged": h.converged, "epochs_run": h.epochs}
+               "converged": h.converged, "epochs_run": h.epochs, "seconds": round(seconds, 3)}
         table.rows.append(row)
+        table.maps.append(module)
+        table.histories.append(h)
     return table
 
 
