@@ -1429,7 +1429,7 @@ def test_a_failed_cli_fit_writes_nothing(f, tmp_path):
 
 def test_cli_internal_errors_are_one_line_unless_asked(f, monkeypatch, capsys):
     """An unexpected exception (a bug) is one line with its type; RELAXEDORTHO_TRACEBACK=1 re-raises it."""
-    import relaxedortho.cli as cli_module
+    import relaxedortho.cli.fit as cli_module  # the module of cmd_fit, which calls build_map
 
     def boom(*a, **k):
         raise KeyError("boom")
