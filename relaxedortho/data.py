@@ -51,6 +51,45 @@ class DataFileError(ValueError):
     """A data or feature file is missing, unreadable or inconsistent (the message names the file)."""
 
 
+# --------------------------------------------------------------------------------------------- splits
+def class_extension_split(labels, *, train_fraction: float, query_fraction: float, seed: int,
+                          max_train: int | None = None, max_eval: int | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stratified split of the class-extension protocol (Shen et al., CVPR 2020; Ricci et al., arXiv
+    2509.16664): training rows (for the models and the maps) and held-out rows, the held-out rows split into a
+    gallery and a query set; each step stratified by label (scikit-learn's ``train_test_split``, ``random_state
+    = seed``). ``max_train`` / ``max_eval`` cap the training and held-out rows (a further stratified draw).
+
+    Returns ``(train, query, gallery)`` row indices (NumPy, in the order ``train_test_split`` gives them), used
+    by the demo and :mod:`relaxedortho.compat`.
+
+    Example:
+        >>> tr, q, g = class_extension_split(np.repeat(np.arange(3), 10), train_fraction=0.6, query_fraction=0.5,
+        ...                                  seed=0)
+        >>> len(tr), len(q), len(g), len(set(tr) | set(q) | set(g))
+        (18, 6, 6, 30)
+    """
+    from sklearn.model_selection import train_test_split
+
+    from ._checks import check_int
+
+    labels = np.asarray(labels)
+    seed = check_int(seed, "seed", minimum=0)
+    for name, value in (("train_fraction", train_fraction), ("query_fraction", query_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    max_train = check_int(max_train, "max_train", none_means="no cap")
+    max_eval = check_int(max_eval, "max_eval", none_means="no cap")
+    idx_tr, idx_ev = train_test_split(np.arange(len(labels)), train_size=train_fraction, stratify=labels,
+                                      random_state=seed)
+    if max_train and len(idx_tr) > max_train:
+        idx_tr = train_test_split(idx_tr, train_size=max_train, stratify=labels[idx_tr], random_state=seed)[0]
+    if max_eval and len(idx_ev) > max_eval:
+        idx_ev = train_test_split(idx_ev, train_size=max_eval, stratify=labels[idx_ev], random_state=seed)[0]
+    idx_g, idx_q = train_test_split(idx_ev, test_size=query_fraction, stratify=labels[idx_ev], random_state=seed)
+    return idx_tr, idx_q, idx_g
+
+
 # --------------------------------------------------------------------------------------------- datasets
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits: ``X`` (1797 × 64, float32 in [0, 1]) and ``y`` (int64 in 0..9).

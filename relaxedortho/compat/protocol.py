@@ -257,9 +257,8 @@ def build_protocol(cfg: ProtocolConfig, *, seed: int = 0, data_dir=None, device:
         device: where models train and features live.
         progress: one line per stage on stderr.
     """
-    from sklearn.model_selection import train_test_split
-
     from .._checks import check_device, check_int
+    from ..data import class_extension_split
 
     seed = check_int(seed, "seed", minimum=0)
     dev = check_device(device)
@@ -270,14 +269,9 @@ def build_protocol(cfg: ProtocolConfig, *, seed: int = 0, data_dir=None, device:
     if not set(old_classes) < set(classes):
         raise ValueError(f"old_classes must be a proper subset of the classes {list(classes)}, got "
                          f"{list(old_classes)}")
-    idx = np.arange(len(y_all))
-    idx_tr, idx_ev = train_test_split(idx, train_size=cfg.train_fraction, stratify=y_all, random_state=seed)
-    if cfg.max_train and len(idx_tr) > cfg.max_train:
-        idx_tr = train_test_split(idx_tr, train_size=cfg.max_train, stratify=y_all[idx_tr], random_state=seed)[0]
-    if cfg.max_eval and len(idx_ev) > cfg.max_eval:
-        idx_ev = train_test_split(idx_ev, train_size=cfg.max_eval, stratify=y_all[idx_ev], random_state=seed)[0]
-    idx_g, idx_q = train_test_split(idx_ev, test_size=cfg.query_fraction, stratify=y_all[idx_ev],
-                                    random_state=seed)
+    idx_tr, idx_q, idx_g = class_extension_split(y_all, train_fraction=cfg.train_fraction,
+                                                 query_fraction=cfg.query_fraction, seed=seed,
+                                                 max_train=cfg.max_train, max_eval=cfg.max_eval)
     X = torch.from_numpy(X_all.reshape(-1, 1, side, side)).to(dev)
     y = torch.from_numpy(y_all).to(dev)
     tr, q, g = (torch.from_numpy(np.sort(i)).to(dev) for i in (idx_tr, idx_q, idx_g))

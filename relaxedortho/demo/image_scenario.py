@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import load_digits, load_fashion_mnist
+from ..data import class_extension_split, load_digits, load_fashion_mnist
 from .image_models import MLP, _train_classifier
 from .spectrum import _maps_and_report, _Progress
 from .text_scenario import _run_text
@@ -12,8 +12,6 @@ from .text_scenario import _run_text
 def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
     if cfg.dataset == "text":
         return _run_text(out, cfg, dev, seed, progress, t_start)
-    from sklearn.model_selection import train_test_split
-
     n_maps = 4 + len(cfg.lams) + len(cfg.band_eps)
     prog = _Progress(progress, 4 + n_maps + 2)
     torch.manual_seed(seed)
@@ -27,14 +25,9 @@ def _run(out, cfg, dev, seed, data_dir, progress, t_start) -> dict:
         X_all, y_all = np.concatenate([Xtr, Xte]), np.concatenate([ytr, yte])
     classes = np.unique(y_all)
     old_classes = tuple(int(c) for c in (cfg.old_classes or classes[: len(classes) // 2]))
-    idx_tr, idx_ev = train_test_split(np.arange(len(y_all)), train_size=cfg.train_fraction, stratify=y_all,
-                                      random_state=seed)
-    if cfg.max_train and len(idx_tr) > cfg.max_train:
-        idx_tr = train_test_split(idx_tr, train_size=cfg.max_train, stratify=y_all[idx_tr], random_state=seed)[0]
-    if cfg.max_eval and len(idx_ev) > cfg.max_eval:
-        idx_ev = train_test_split(idx_ev, train_size=cfg.max_eval, stratify=y_all[idx_ev], random_state=seed)[0]
-    idx_g, idx_q = train_test_split(idx_ev, test_size=cfg.query_fraction, stratify=y_all[idx_ev],
-                                    random_state=seed)
+    idx_tr, idx_q, idx_g = class_extension_split(y_all, train_fraction=cfg.train_fraction,
+                                                 query_fraction=cfg.query_fraction, seed=seed,
+                                                 max_train=cfg.max_train, max_eval=cfg.max_eval)
     X = torch.from_numpy(X_all).to(dev)
     y = torch.from_numpy(y_all).to(dev)
     tr = torch.from_numpy(np.sort(idx_tr)).to(dev)
