@@ -540,30 +540,7 @@ class Trainer:
                     index, n_local = shard(order[lo:hi] if order is not None else slice(lo, hi), rank, world)
                     self.shard_scale = n_local * world / (hi - lo)
                     batch = [a.rows(index, device, self._dtype) for a in arrays]
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.step < warmup or warm != 1.0:  # rescales: an lr set by a callback is kept
-                        factor = min(1.0, (self.step + 1) / warmup)
-                        for g in self.optimizer.param_groups:
-                            g["lr"] = g["lr"] * (factor / warm)
-                        warm = factor
-                    with self.precision.autocast():
-                        loss = self.compute_loss(batch)
-                    reg = self.regularizer()
-                    if reg is not None:
-                        loss = loss + (reg if self.regularizer_weight == 1.0 else self.regularizer_weight * reg)
-                    if self.scaler is not None:
-                        self.scaler.scale(loss).backward()
-                        if self.clip_grad_norm is not None:
-                            self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                    else:
-                        loss.backward()
-                        if self.clip_grad_norm is not None:
-                            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-                        self.optimizer.step()
-                    self.step += 1
+                    loss, reg, warm = self._optimizer_step(batch, params, warmup, warm)
                     self._pending[0].append(loss.detach())
                     if reg is not None:
                         self._pending[1].append(reg.detach())
@@ -581,17 +558,7 @@ class Trainer:
                 if pbar is not None:
                     pbar.close()
                     pbar = None
-                done = steps_per_epoch
-                logs = {"loss": acc[0] / done / world, "regularizer": acc[1] / done / world,
-                        "orthogonality_error": self.orthogonality_error()}
-                self.history.loss.append(logs["loss"])
-                self.history.steps_per_epoch = done
-                self.history.loss_step_std.append(math.sqrt(acc[2] / (2 * acc[3])) if acc[3] else 0.0)
-                self.history.relative_change.append(_relative_decrease(self.history, epoch))
-                self.history.regularizer.append(logs["regularizer"])
-                self.history.orthogonality_error.append(logs["orthogonality_error"])
-                self.history.epochs = epoch + 1
-                self.history.steps = self.step
+                logs = self._record_epoch(epoch, acc, steps_per_epoch, world)
                 acc = _new_acc()
                 if val is not None and (epoch + 1) % self.val_every == 0:
                     stopped = self._validate(epoch, val, metric_fn, early, logs)
@@ -617,6 +584,52 @@ class Trainer:
             self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
         self._call("on_train_end", self.history)
         return self.history
+
+    def _optimizer_step(self, batch: list, params: list, warmup: int, warm: float):
+        """One optimizer step on ``batch``: the warm-up factor of the learning rates, the loss (data term under
+        the precision's autocast, plus the weighted regularizer), backward (scaled under a grad scaler), gradient
+        clipping and the step. Returns ``(loss, regularizer or None, the warm-up factor now applied)``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.step < warmup or warm != 1.0:  # rescales: an lr set by a callback is kept
+            factor = min(1.0, (self.step + 1) / warmup)
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * (factor / warm)
+            warm = factor
+        with self.precision.autocast():
+            loss = self.compute_loss(batch)
+        reg = self.regularizer()
+        if reg is not None:
+            loss = loss + (reg if self.regularizer_weight == 1.0 else self.regularizer_weight * reg)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.clip_grad_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            self.optimizer.step()
+        self.step += 1
+        return loss, reg, warm
+
+    def _record_epoch(self, epoch: int, acc: list, done: int, world: int) -> dict:
+        """Append the epoch's means (over ``done`` steps and ``world`` processes) to the history; returns the logs
+        handed to ``on_epoch_end``."""
+        logs = {"loss": acc[0] / done / world, "regularizer": acc[1] / done / world,
+                "orthogonality_error": self.orthogonality_error()}
+        h = self.history
+        h.loss.append(logs["loss"])
+        h.steps_per_epoch = done
+        h.loss_step_std.append(math.sqrt(acc[2] / (2 * acc[3])) if acc[3] else 0.0)
+        h.relative_change.append(_relative_decrease(h, epoch))
+        h.regularizer.append(logs["regularizer"])
+        h.orthogonality_error.append(logs["orthogonality_error"])
+        h.epochs = epoch + 1
+        h.steps = self.step
+        return logs
 
     def _check_convergence(self) -> None:
         """Record ``converged`` and ``stop_reason``; warn when the run ended with the loss still falling."""
