@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import FLOAT_DTYPES, check_nonnegative, check_positive
+from .._checks import FLOAT_DTYPES, check_int, check_nonnegative, check_positive
 from .checkpoint import load_checkpoint, load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 from .data import RowArray, check_same_length, epoch_order
 from .distributed import is_distributed, rank_and_world, shard
@@ -78,11 +78,8 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def _positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    """:func:`~relaxedortho._checks.check_int` (``None`` passes when ``allow_none``: the option is off)."""
+    return check_int(value, name, none_means="off" if allow_none else None)
 
 
 def default_retrieval_metric(mapped: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None) -> float:
@@ -220,9 +217,7 @@ class Trainer:
         self.init = check_init(init)
         self.tol = None if tol is None else check_nonnegative(tol, "tol")
         self.tol_patience = _positive_int(tol_patience, "tol_patience")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be a non-negative integer (steps), got {warmup!r}")
-        self.warmup = warmup
+        self.warmup = check_int(warmup, "warmup", minimum=0)
         if not (optimizer is None or isinstance(optimizer, torch.optim.Optimizer)
                 or (callable(optimizer) and not isinstance(optimizer, type))):
             what = (f"the class {optimizer.__name__} (pass an instance, or a callable module -> Optimizer)"
@@ -239,9 +234,7 @@ class Trainer:
         self.precision = resolve_precision(amp, self.device)
         self.clip_grad_norm = None if clip_grad_norm is None else check_positive(clip_grad_norm, "clip_grad_norm")
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-        self.seed = seed
+        self.seed = check_int(seed, "seed", minimum=0, none_means="a random seed")
         self.progress = bool(progress)
         self.log_every = _positive_int(log_every, "log_every")
         if val is not None and (not isinstance(val, (tuple, list)) or len(val) not in (2, 3)):
