@@ -37,6 +37,8 @@ def train_a_little(m, seed, steps=3):
         opt = ro._geoopt.geoopt.optim.RiemannianAdam(m.parameters(), lr=0.05)
     else:
         opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    if hasattr(m, "register_optimizer"):  # the steps of a registered optimizer are counted (Stiefel's polish)
+        m.register_optimizer(opt)
     for _ in range(steps):
         opt.zero_grad()
         (nn.functional.mse_loss(m(x), y) + m.regularizer()).backward()
