@@ -112,7 +112,7 @@ def _after_step(optimizer, args, kwargs) -> None:
         if not any(id(t) in stepped for t in m._trainable_tensors()):
             continue
         try:
-            m._after_own_step()
+            m._after_own_step(optimizer)
         except FloatingPointError as e:
             error = error or e
     if error is not None:
@@ -134,7 +134,7 @@ def restore_before_step(module) -> bool:
 class RegistersWithOptimizers:
     """Mixin of the hard maps: :meth:`register_optimizer`. Subclasses define ``_trainable_tensors()`` (what an
     optimizer step updates), ``_guarded_tensors()`` (what a step may write that must be put back if it is not
-    finite) and ``_after_own_step()`` (run after a step of a registered optimizer that updated the map)."""
+    finite) and ``_after_own_step(optimizer)`` (run after a step of a registered optimizer that updated the map)."""
 
     def register_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Keep this map's weight orthonormal after every step of ``optimizer`` (an instance of any

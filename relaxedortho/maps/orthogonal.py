@@ -241,7 +241,7 @@ class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
     def _guarded_tensors(self) -> list[torch.Tensor]:
         return self._backend.guarded(self)
 
-    def _after_own_step(self) -> None:
+    def _after_own_step(self, optimizer) -> None:
         self._backend.after_step(self)
 
     def _tangent_hook(self, grad: torch.Tensor) -> torch.Tensor:

@@ -122,9 +122,10 @@ class StiefelLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
     _trainable_tensors = _guarded_tensors
 
     @torch.no_grad()
-    def _after_own_step(self) -> None:
-        """After an optimizer step that updated the weight: restore it and raise if the step wrote NaN/Inf; with
-        ``canonical=True``, re-project it every :data:`CANONICAL_POLISH_EVERY` steps, or at once when the steps
+    def _after_own_step(self, optimizer) -> None:
+        """After an optimizer step that updated the weight: restore it and raise if the step wrote NaN/Inf; after
+        the step of an optimizer that is not Riemannian (not a geoopt optimizer: its step leaves the manifold),
+        re-project it; with ``canonical=True``, re-project it every :data:`CANONICAL_POLISH_EVERY` steps, or at once when the steps
         since the last re-projection moved it by more than :data:`CANONICAL_POLISH_DISTANCE` (Frobenius norm):
         the Cayley retraction's rounding grows with the step."""
         w = self.stiefel_weight.as_subclass(torch.Tensor)
@@ -134,7 +135,9 @@ class StiefelLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
         if not finite or not math.isfinite(moved):
             restore_before_step(self)
             raise FloatingPointError(non_finite_step_message("StiefelLinear"))
-        if self.canonical:  # the counters are buffers: a saved and reloaded map polishes at the same steps
+        if not isinstance(optimizer, geoopt.optim.mixin.OptimMixin):
+            project_orthonormal_(w)
+        elif self.canonical:  # the counters are buffers: a saved and reloaded map polishes at the same steps
             steps, total = int(self.polish_steps) + 1, float(self.polish_moved) + moved
             if steps >= CANONICAL_POLISH_EVERY or total > CANONICAL_POLISH_DISTANCE:
                 steps, total = 0, 0.0
