@@ -203,12 +203,10 @@ class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
         return super().__getattr__(name)
 
     def _sync(self, *, strict: bool = True) -> None:
-        """Bring onto the manifold what changed outside a registered step (outside a ``torch.compile`` trace:
-        there the forward pre-hook does it). ``strict=False``: a NaN/Inf weight is left as it is, not raised."""
-        if torch.compiler.is_compiling():
-            return
+        """Bring onto the manifold what changed outside a registered step (under ``torch.compile``, outside the
+        graph). ``strict=False``: a NaN/Inf weight is left as it is, not raised."""
         try:
-            self._backend.sync(self)
+            _sync_before_forward(self, ())
         except FloatingPointError:
             if strict:
                 raise
