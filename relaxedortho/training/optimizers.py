@@ -22,6 +22,8 @@ from .._checks import check_nonnegative, check_positive
 from .._geoopt import is_manifold_parameter as _is_manifold  # geoopt is imported only for a manifold parameter
 from ..maps.optimizer_hooks import register_hard_maps
 
+__all__ = ["make_optimizer", "parameter_groups", "register_hard_maps"]
+
 
 def parameter_groups(module: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
     """Split ``module``'s trainable parameters into optimizer groups.
