@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxedortho as ro
-from relaxedortho._geoopt import geoopt
 from relaxedortho.linalg import random_orthogonal
-from relaxedortho.maps.base import OrthonormalityWarning, orthonormality_tolerance
+from relaxedortho.maps.base import OrthonormalityWarning
 from relaxedortho.testing import strategies as ros
+from relaxedortho.testing.maps import optimizer_for, variants
+from helpers import assert_orthonormal
 
-HARD = ["orthogonal-trivialization", "orthogonal-retraction", "orthogonal-cayley", "orthogonal-matrix_exp",
-        "orthogonal-householder", "stiefel", "stiefel-canonical"]
-SELF_PROJECTED = ["orthogonal-trivialization", "orthogonal-retraction"]
+HARD = variants("hard", "basic")
+SELF_PROJECTED = variants("self-projected", "basic")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,21 +34,6 @@ def build(variant, shape, dtype=torch.float32, seed=0, **extra):
     return getattr(ro, cls_name)(shape[1], shape[0], dtype=dtype, **kwargs, **extra)
 
 
-def optimizer_for(m, kind, lr):
-    """A plain torch/geoopt optimizer, registered with the map (the guarantees after a step hold for registered
-    optimizers; an unregistered one is caught up at the next forward: tests/test_optimizer_registration.py)."""
-    if isinstance(m, ro.StiefelLinear):
-        lr = ro.riemannian_lr(lr, m.in_features, m.out_features)
-        cls = geoopt.optim.RiemannianAdam if kind == "adam" else geoopt.optim.RiemannianSGD
-    else:
-        cls = torch.optim.Adam if kind == "adam" else torch.optim.SGD
-    return m.register_optimizer(cls(m.parameters(), lr=lr))
-
-
-def assert_orthonormal(m):
-    w = m.weight.detach()
-    assert bool(torch.isfinite(w).all())
-    assert m.orthogonality_error() <= orthonormality_tolerance(w)
 
 
 def shape_for(variant, data):

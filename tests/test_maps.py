@@ -15,16 +15,13 @@ from torch import nn
 import relaxedortho as ro
 from relaxedortho.maps.base import OrthonormalityWarning
 from relaxedortho.testing import strategies as ros
+from relaxedortho.testing.maps import variants
+from helpers import tol
 
-HARD = ["orthogonal-trivialization", "orthogonal-retraction", "orthogonal-cayley", "orthogonal-matrix_exp", "orthogonal-householder",
-        "stiefel", "stiefel-canonical"]
-ALL = list(ros.MAP_VARIANTS)
+HARD = variants("hard", "basic")
+ALL = variants("basic")
 CLASSES = [ro.AffineMap, ro.LambdaOrthoLinear, ro.OrthogonalLinear, ro.StiefelLinear]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tol(dtype, n, cond=1.0):
-    return ros.dtype_tolerance(dtype, n, cond)
 
 
 @given(ros.maps(), ros.leading_shapes(), ros.seeds())
