@@ -11,10 +11,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import relaxedortho as ro
-from relaxedortho.linalg import orthogonality_error, random_orthogonal
+from relaxedortho.linalg import random_orthogonal
 from relaxedortho.maps.base import orthonormality_tolerance
 from relaxedortho.testing import strategies as ros
 from relaxedortho.training import make_optimizer
+
+from helpers import deviation
 
 METHODS = ["trivialization", "retraction", "cayley", "matrix_exp", "householder"]
 
@@ -22,10 +24,6 @@ METHODS = ["trivialization", "retraction", "cayley", "matrix_exp", "householder"
 def linear(shape, dtype=torch.float32, seed=0, bias=True):
     torch.manual_seed(seed)
     return nn.Linear(shape[1], shape[0], bias=bias, dtype=dtype)
-
-
-def deviation(w):
-    return float(orthogonality_error(w.detach().double()))
 
 
 def data(shape, dtype, seed=0, scale=1.0, offset=0.0):
