@@ -218,3 +218,18 @@ def test_a_failed_constraint_leaves_the_module_unchanged():
     with pytest.raises(ValueError):
         ro.orthogonal(layer, group="SO")
     assert type(layer) is nn.Linear and "weight" in layer._parameters
+
+
+def test_auto_alpha_is_resolved_for_the_current_lam():
+    """alpha="auto" near the threshold: the gate of max(10, 100/λ) = 100 at λ = 1, not that of α = 10."""
+    w = math.sqrt(1.525) * torch.eye(4, dtype=torch.float64)  # ||G - I||_F = 0.525 * 2 = 1.05
+    layer = nn.Linear(4, 4, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    ro.lambda_orthogonal(layer, lam=1.0, alpha="auto")
+    auto = float(layer.regularizer().detach())
+    ref = ro.LambdaOrthoLinear(4, 4, lam=1.0, alpha="auto", dtype=torch.float64, init=w)
+    assert auto == pytest.approx(float(ref.regularizer().detach()), rel=1e-12)
+    assert auto == pytest.approx(1.05 / (1 + math.exp(-100 * 0.05)), rel=1e-9)
+    layer.constraints["weight"].lam = 2.0  # re-resolved: alpha = 50, gate closed at n = 1.05
+    assert float(layer.regularizer().detach()) == pytest.approx(1.05 / (1 + math.exp(50 * 0.95)), rel=1e-9)
