@@ -13,10 +13,14 @@ from relaxedortho.closed_form import KINDS, PairedMoments, accumulate_moments, f
 from relaxedortho.training import launch
 from relaxedortho.training.distributed import free_port
 
-OPTS = {"anchored": {"prior": np.eye(5), "gamma": 2.0}, "relaxed_penalty": {"mu": 1.0},
-        "relaxed_frobenius": {"radius": 0.5}, "relaxed_band": {"lower": 0.9, "upper": 1.1}}
+#: The relaxed solvers stop on a relative KKT residual (default 1e-6, where two sums of the same shards that
+#: differ by 1e-13 give maps 1e-4 apart); at TIGHT they land within 5e-10 of each other (compared at 1e-8).
+TIGHT = 1e-12
+RELAXED = ("relaxed_penalty", "relaxed_frobenius", "relaxed_band", "relaxed_frobenius_pg")
+OPTS = {"anchored": {"prior": np.eye(5), "gamma": 2.0}, "relaxed_penalty": {"mu": 1.0, "tol": TIGHT},
+        "relaxed_frobenius": {"radius": 0.5, "tol": TIGHT}, "relaxed_band": {"lower": 0.9, "upper": 1.1, "tol": TIGHT}}
 RECTANGULAR = {"orthogonal": {}, "orthogonal_lsq": {}, "affine": {}, "ridge": {}, "cca": {"shrinkage": 0.3},
-               "relaxed_frobenius": {"radius": 0.5, "center": True}}
+               "relaxed_frobenius": {"radius": 0.5, "center": True, "tol": TIGHT}}
 #: Fits whose solver stops on a step-size test before converging to rounding level: the projected gradient of
 #: the centred relaxed_frobenius (also behind lambda_init) took 222 or 368 steps for two sums of the same
 #: shards that differ by 1e-13 (relative) and landed 3e-8 apart. Every other fit is compared to float64
@@ -65,13 +69,13 @@ def _worker(rank, world, path):
     for kind in KINDS:
         out[kind] = _plain(fit_closed_form(_shard(rank, X, Y), kind=kind, distributed=True, **OPTS.get(kind, {})))
     out["relaxed_frobenius_pg"] = _plain(fit_closed_form(_shard(rank, X, Y), kind="relaxed_frobenius", radius=0.5,
-                                                         solver="projected_gradient", distributed=True))
+                                                         solver="projected_gradient", tol=TIGHT, distributed=True))
     Xr, Yr = _data(6, 4, seed=1)
     for kind, opts in RECTANGULAR.items():
         out["rect_" + kind] = _plain(fit_closed_form(_shard(rank, Xr, Yr), kind=kind, distributed=True, **opts))
     group = dist.new_group([0, 1])
     out["affine_group"] = _plain(fit_closed_form(_shard(rank, X, Y), kind="affine", group=group))
-    out["lambda_init"] = _plain(lambda_init(_shard(rank, X, Y), lam=0.7, distributed=True))
+    out["lambda_init"] = _plain(lambda_init(_shard(rank, X, Y), lam=0.7, distributed=True, tol=TIGHT))
     # float32 shards at 1e30 (the scaled accumulation path on every rank)
     x32, y32 = (X * 1e30).astype(np.float32), (Y * 1e30).astype(np.float32)
     out["float32_huge"] = _plain(fit_closed_form(_shard(rank, x32, y32), kind="centered", distributed=True))
@@ -104,12 +108,12 @@ def _single_process():
     X, Y = _data()
     ref = {kind: _plain(fit_closed_form(X, Y, kind=kind, **OPTS.get(kind, {}))) for kind in KINDS}
     ref["relaxed_frobenius_pg"] = _plain(fit_closed_form(X, Y, kind="relaxed_frobenius", radius=0.5,
-                                                         solver="projected_gradient"))
+                                                         solver="projected_gradient", tol=TIGHT))
     Xr, Yr = _data(6, 4, seed=1)
     for kind, opts in RECTANGULAR.items():
         ref["rect_" + kind] = _plain(fit_closed_form(Xr, Yr, kind=kind, **opts))
     ref["affine_group"] = ref["affine"]
-    ref["lambda_init"] = _plain(lambda_init(X, Y, lam=0.7))
+    ref["lambda_init"] = _plain(lambda_init(X, Y, lam=0.7, tol=TIGHT))
     ref["float32_huge"] = _plain(fit_closed_form((X * 1e30).astype(np.float32).astype(np.float64),
                                                  (Y * 1e30).astype(np.float32).astype(np.float64), kind="centered"))
     ref["empty_rank"] = _plain(fit_closed_form(X[:SPLIT], Y[:SPLIT]))
@@ -131,6 +135,8 @@ def test_two_gloo_processes_fit_what_one_process_fits(tmp_path):
             scale = (float(expected[key].abs().max()) if expected[key].numel() else 0.0) + 1.0
             if name == "float32_huge":
                 torch.testing.assert_close(got0.double(), expected[key], rtol=0, atol=1e-5 * scale, msg=name)
+            elif name in RELAXED:
+                torch.testing.assert_close(got0, expected[key], rtol=0, atol=1e-8 * scale, msg=f"{name}.{key}")
             elif name in SOLVER_LIMITED:
                 torch.testing.assert_close(got0, expected[key], rtol=0, atol=1e-6 * scale, msg=f"{name}.{key}")
             else:
@@ -177,13 +183,13 @@ def test_group_of_one_gives_the_local_fit(world_of_one):
         b = fit_closed_form(X, Y, kind=kind, group=dist.group.WORLD, **OPTS.get(kind, {}))
         c = fit_closed_form(X, Y, kind=kind, **OPTS.get(kind, {}))
         for m in (a, b):
-            torch.testing.assert_close(m.weight, c.weight, rtol=0, atol=1e-10)
+            torch.testing.assert_close(m.weight, c.weight, rtol=0, atol=1e-8 if kind in RELAXED else 1e-10)
     local = accumulate_moments(X, Y, second_moments=("x",))
     reduced = accumulate_moments(local, distributed=True)  # moments given as this process's shard
     torch.testing.assert_close(reduced.cross(center=True), local.cross(center=True), rtol=0, atol=1e-11)
     assert reduced.info["processes"] == 1
-    torch.testing.assert_close(lambda_init(X, Y, lam=0.3, distributed=True).weight,
-                               lambda_init(X, Y, lam=0.3).weight, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lambda_init(X, Y, lam=0.3, distributed=True, tol=TIGHT).weight,
+                               lambda_init(X, Y, lam=0.3, tol=TIGHT).weight, rtol=0, atol=1e-12)
 
 
 def test_group_of_one_raises_the_errors_of_the_shard_and_of_the_solver(world_of_one):

@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import relaxedortho as ro
+from relaxedortho.closed_form.relaxed_solver import DEFAULT_TOL
 from relaxedortho.closed_form import (accumulate_moments, band_from_epsilon, fit_closed_form,
                                       frobenius_singular_values, lambda_init, penalty_singular_values,
-                                      solve_relaxed_band, solve_relaxed_frobenius, solve_relaxed_penalty)
+                                      projected_gradient, solve_relaxed_band, solve_relaxed_frobenius,
+                                      solve_relaxed_penalty)
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -54,6 +56,18 @@ def test_penalty_roots_solve_the_cubic_and_minimise(sigma, c, mu):
     grid = np.linspace(0, max(1.0, sig.max() / c) * 1.5, 2001)
     for si, zi in zip(s, sig):
         assert h(si, zi) <= h(grid, zi).min() + 1e-9 * (1 + abs(h(si, zi)))
+
+
+def test_penalty_roots_at_the_ends_of_mu():
+    """mu = 0 is least squares sigma / c, mu = inf the orthonormal 1; c = mu = 0 has no minimiser."""
+    sigma = torch.tensor([0.0, 0.3, 2.0, 7.5], dtype=torch.float64)
+    assert torch.equal(penalty_singular_values(sigma, 2.5, 0.0), sigma / 2.5)
+    assert torch.equal(penalty_singular_values(sigma, 2.5, math.inf), torch.ones(4, dtype=torch.float64))
+    s32 = penalty_singular_values(sigma.float(), 2.5, 1e-3)
+    assert s32.dtype == torch.float32
+    torch.testing.assert_close(s32.double(), penalty_singular_values(sigma, 2.5, 1e-3), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="c > 0 or mu > 0"):
+        penalty_singular_values(sigma, 0.0, 0.0)
 
 
 @settings(max_examples=15)
@@ -183,23 +197,24 @@ def test_relaxed_frobenius_matches_slsqp(n, p, q, radius, seed):
                                        ("relaxed_band", {"lower": 0.8, "upper": 1.2}),
                                        ("relaxed_frobenius", {"radius": 0.5}),
                                        ("relaxed_penalty", {"mu": 3.0})])
-def test_projected_gradient_is_monotone_and_beats_heuristics(kind, opts):
+def test_projected_gradient_decreases_and_beats_heuristics(kind, opts):
     rng = np.random.default_rng(7)
     X = rng.standard_normal((60, 4)) * np.array([3.0, 1.0, 0.5, 2.0])
     Y = X @ rng.standard_normal((4, 3)) + 0.1 * rng.standard_normal((60, 3))
     mom = accumulate_moments(X, Y)
     solver = {"relaxed_band": solve_relaxed_band, "relaxed_frobenius": solve_relaxed_frobenius,
               "relaxed_penalty": solve_relaxed_penalty}[kind]
-    sol = solver(mom, **opts, max_iter=3000)
+    sol = solver(mom, **opts)
     heur = solver(mom, **opts, solver="closed_form")
     assert sol.info["solver"] == "projected_gradient" and not sol.info["whitened"]
-    hist = sol.info["objective"]
-    assert all(b <= a + 1e-9 * abs(a) for a, b in zip(hist, hist[1:]))
-    assert hist[-1] <= hist[0] + 1e-12
+    assert sol.info["converged"] and sol.info["residual"] <= DEFAULT_TOL
+    env = sol.info["envelope"]  # the forward-backward envelope never increases
+    assert all(b <= a + 1e-12 * abs(a) for a, b in zip(env, env[1:]))
     W, Wh = sol.W.numpy(), heur.W.numpy()
     mu = opts.get("mu", 0.0)
     obj = lambda w: sse(X, Y, w) + mu * dev(w) ** 2  # noqa: E731
     assert obj(W) <= obj(Wh) + 1e-9
+    assert sol.info["objective"][-1] + float((Y ** 2).sum()) == pytest.approx(obj(W), rel=1e-10)
     if kind == "relaxed_band":
         s = np.linalg.svd(W, compute_uv=False)
         assert np.all(s <= opts["upper"] + 1e-12) and np.all(s >= opts["lower"] - 1e-12)
@@ -226,9 +241,23 @@ def test_projected_gradient_on_whitened_data_equals_closed_form():
     for solver, opts in ((solve_relaxed_band, {"lower": 0.9, "upper": 1.1}), (solve_relaxed_frobenius, {"radius": 0.3}),
                          (solve_relaxed_penalty, {"mu": 2.0})):
         a = solver(mom, **opts)
-        b = solver(mom, **opts, solver="projected_gradient", max_iter=5000, tol=1e-14)
+        b = solver(mom, **opts, solver="projected_gradient", tol=1e-12)
         assert a.info["solver"] == "closed_form"
+        assert b.info["converged"]
         np.testing.assert_allclose(a.W.numpy(), b.W.numpy(), atol=1e-8)
+
+
+def test_public_projected_gradient_matches_the_solvers():
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((50, 5)) * np.geomspace(3, 0.2, 5)
+    Y = X @ rng.standard_normal((5, 4))
+    A, M = torch.from_numpy(X.T @ X), torch.from_numpy(X.T @ Y)
+    W0 = torch.from_numpy(uvt(X.T @ Y))
+    W, info = projected_gradient(A, M, lambda s, t: s.clamp(0.7, 1.3), W0, yy=torch.tensor((Y ** 2).sum()))
+    ref = solve_relaxed_band(accumulate_moments(X, Y), lower=0.7, upper=1.3)
+    assert info["converged"]
+    assert sse(X, Y, W.numpy()) == pytest.approx(sse(X, Y, ref.W.numpy()), rel=1e-10)
+    assert info["objective"][-1] == pytest.approx(sse(X, Y, W.numpy()), rel=1e-10)
 
 
 def test_relaxed_center_adds_bias():

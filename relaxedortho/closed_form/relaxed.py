@@ -21,10 +21,25 @@ scalar problem per singular value (``docs/math.md`` §5, derived for this librar
   :math:`\{s : \sum (s_i^2 - 1)^2 \le r^2\}`, i.e. the penalty cubic with c = 1 and one shared multiplier found
   by bisection so that the constraint is active.
 
-**Non-whitened data**: no closed form. :func:`projected_gradient` minimises the least-squares objective from
-the moments with the same singular-value maps as projection (band, ball) or proximal step (penalty), step
-:math:`1/L`, :math:`L = 2\lambda_{\max}(X^\top X)`; the objective never increases and it stops at a stationary
-point (the global optimum when only the upper band bound binds, the set then being convex).
+**Non-whitened data**: no closed form. The iterative solver (:mod:`~relaxedortho.closed_form.relaxed_solver`)
+minimises the least-squares objective from the moments :math:`X^\top X`, :math:`X^\top Y` with the same
+singular-value maps as projection (band, ball) or proximal map (penalty): projected gradient in the eigenbasis of
+:math:`X^\top X`, accelerated by L-BFGS (PANOC), from the closed form above with
+:math:`c = \operatorname{tr}(X^\top X)/p`, until a relative KKT residual is at most ``tol``. It reaches a
+stationary point (the global optimum when only the upper band bound binds, the set then being convex). Exact
+shortcuts: when :math:`X^\top X` is invertible and the least-squares map satisfies the constraint, it is the
+optimum; when every singular value is pinned to one value a (radius 0, band [a, a], μ = ∞) and p ≤ q,
+:math:`WW^\top = a^2 I` makes :math:`\operatorname{tr}(W^\top X^\top XW)` constant and the optimum is a times the
+polar factor :math:`UV^\top` of :math:`X^\top Y`.
+
+Options shared by the relaxed kinds: ``center=True`` fits on centred data and adds the bias
+:math:`\mu_y - \mu_x W`; ``solver`` is ``"auto"`` (the closed form when :math:`X^\top X` is a multiple of the
+identity up to ``whitened_tol``, else the iterative solver), ``"closed_form"`` (the whitened formula with
+:math:`c = \operatorname{tr}(X^\top X)/p`, a heuristic on other data) or ``"projected_gradient"`` (the
+iterative solver); ``max_iter`` and ``tol`` (the relative KKT residual at which it stops; at ``max_iter`` it
+warns with :class:`~relaxedortho.exceptions.ConvergenceWarning` and returns the best point it reached). The
+solution's ``info`` says which path ran (``solver``: ``"closed_form"``, ``"least_squares"``, ``"polar"`` or
+``"projected_gradient"``) and holds ``iterations``, ``residual`` and ``converged``.
 """
 from __future__ import annotations
 
@@ -34,9 +49,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_nonnegative
-from .solution import ClosedFormSolution
+from .._checks import check_choice, check_device, check_nonnegative
 from .distributed import solve_once
+from .relaxed_solver import DEFAULT_MAX_ITER, DEFAULT_TOL, minimize_spectral
+from .singular_value_maps import ball_values, band_values, map_singular_values, penalty_values
+from .solution import ClosedFormSolution
 from .streaming import PairedMoments, accumulate_moments
 
 SOLVERS = ("auto", "closed_form", "projected_gradient")
@@ -61,59 +78,37 @@ def band_from_epsilon(epsilon: float) -> tuple[float, float]:
     return math.sqrt(max(0.0, 1.0 - eps)), math.sqrt(1.0 + eps)
 
 
-def _cubic_roots(sigma: np.ndarray, c: float, mu: float) -> np.ndarray:
-    """Positive roots of 2 mu s^3 + (c - 2 mu) s - sigma = 0 (NumPy float64, mu finite > 0).
-
-    Cardano's formula (trigonometric form when three roots are real) gives a start, moved right of the
-    cubic's local minimum so that Newton's method on the convex increasing branch converges to the root.
-    """
-    if mu == 0:
-        return sigma / c if c > 0 else np.zeros_like(sigma)
-    P = (c - 2 * mu) / (2 * mu)  # depressed cubic s^3 + P s + Q = 0
-    Q = -sigma / (2 * mu)
-    disc = (Q / 2) ** 2 + (P / 3) ** 3
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sq = np.sqrt(np.maximum(disc, 0.0))
-        one = np.cbrt(-Q / 2 + sq) + np.cbrt(-Q / 2 - sq)
-        if P < 0:
-            r = np.sqrt(-P / 3)
-            arg = np.clip((3 * Q / (2 * P)) * np.sqrt(-3 / P), -1.0, 1.0)
-            three = 2 * r * np.cos(np.arccos(arg) / 3)
-        else:
-            three = one
-    start = np.where(disc >= 0, one, three)
-    s_min = np.sqrt(max(0.0, (2 * mu - c) / (6 * mu)))
-    s = np.maximum(np.nan_to_num(start, nan=1.0), s_min)
-    for _ in range(100):
-        f = 2 * mu * s ** 3 + (c - 2 * mu) * s - sigma
-        df = 6 * mu * s ** 2 + (c - 2 * mu)
-        step = np.where(df > 0, f / np.where(df > 0, df, 1.0), 0.0)
-        s_new = np.maximum(s - step, s_min)
-        done = np.all(np.abs(s - s_new) <= 4 * np.finfo(np.float64).eps * np.maximum(np.abs(s), 1e-300))
-        s = s_new
-        if done:
-            break
-    return s
-
-
 def penalty_singular_values(sigma: torch.Tensor, c: float, mu: float) -> torch.Tensor:
     r"""Minimiser over :math:`s \ge 0` of :math:`c s^2 - 2\sigma s + \mu (s^2 - 1)^2`, elementwise: the unique
-    positive root of :math:`2\mu s^3 + (c - 2\mu)s - \sigma = 0` (``sigma`` ≥ 0, ``c`` ≥ 0, ``mu`` ≥ 0).
+    positive root of :math:`2\mu s^3 + (c - 2\mu)s - \sigma = 0` (``sigma`` ≥ 0, ``c`` ≥ 0, ``mu`` ≥ 0; μ = 0
+    gives σ/c, μ = ∞ gives 1).
 
-    The cubic is convex on :math:`s > 0`, negative at 0 and positive at :math:`\max(1, \sigma/c)`, so Newton's
-    method from that right end decreases monotonically to the root (float64; the short vector is solved on
-    the CPU).
+    The cubic is convex on :math:`s > 0` and negative at 0, so Newton's method from a point right of the root
+    decreases monotonically to it (float64; the short vector is solved on the CPU;
+    :func:`~relaxedortho.closed_form.singular_value_maps.cubic_roots`).
     """
+    c = check_nonnegative(c, "c")
+    mu = check_nonnegative(mu, "mu", allow_inf=True)
+    z = _singular_values_arg(sigma, "sigma")
     if mu == math.inf:
         return torch.ones_like(sigma)
+    if mu == 0 and c == 0:
+        raise ValueError("penalty_singular_values needs c > 0 or mu > 0 (c = mu = 0 has no minimiser)")
     if mu == 0:
-        return sigma / c if c > 0 else torch.zeros_like(sigma)
-    z = sigma.detach().to("cpu", torch.float64).numpy()
-    return torch.from_numpy(_cubic_roots(z, float(c), float(mu))).to(sigma.device, sigma.dtype)
+        return sigma / c
+    return torch.from_numpy(penalty_values(z, c, mu)).to(sigma.device, sigma.dtype)
 
 
-def _deviation(s: np.ndarray) -> float:
-    return float(np.sqrt(((s ** 2 - 1) ** 2).sum()))
+def _singular_values_arg(z: Any, name: str) -> np.ndarray:
+    """``z`` as a float64 NumPy vector of finite values >= 0, or a one-line error naming ``name``."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of singular values, got {type(z).__name__}")
+    zz = z.detach().to("cpu", torch.float64).reshape(-1).numpy()
+    if not np.isfinite(zz).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if (zz < 0).any():
+        raise ValueError(f"{name} must be >= 0 (singular values), got a minimum of {zz.min()!r}")
+    return zz
 
 
 def frobenius_deviation_of(s: torch.Tensor) -> float:
@@ -126,27 +121,13 @@ def frobenius_singular_values(z: torch.Tensor, radius: float) -> torch.Tensor:
 
     Inside the ball it returns ``z``; otherwise the KKT conditions give :math:`s_i` = the positive root of
     :math:`2\nu s^3 + (1 - 2\nu)s - z_i = 0` (:func:`penalty_singular_values` with c = 1) for one multiplier
-    :math:`\nu > 0`; the deviation decreases monotonically in ν, and ν is found by bracketing and Brent's
-    bisection-secant method (:func:`scipy.optimize.brentq`) so that :math:`\sum (s_i^2 - 1)^2 = r^2` to rounding.
+    :math:`\nu > 0`; the deviation decreases monotonically in ν, and ν is found by a safeguarded Newton
+    iteration on its logarithm so that :math:`\sum (s_i^2 - 1)^2 = r^2` to rounding
+    (:func:`~relaxedortho.closed_form.singular_value_maps.ball_values`).
     """
-    if radius == math.inf or frobenius_deviation_of(z) <= radius:
-        return z.clone()
-    if radius == 0:
-        return torch.ones_like(z)
-    zz = z.detach().to("cpu", torch.float64).numpy()
-
-    def excess(nu: float) -> float:
-        return _deviation(_cubic_roots(zz, 1.0, nu)) - radius
-
-    lo, hi = 0.0, 1.0
-    while excess(hi) > 0:
-        lo, hi = hi, hi * 4
-        if hi > 1e300:  # pragma: no cover - the deviation tends to 0
-            break
-    from scipy.optimize import brentq  # imported here: scipy.optimize costs ~1 s to import
-
-    nu = brentq(excess, lo, hi, xtol=1e-300, rtol=4 * np.finfo(np.float64).eps, maxiter=500)
-    return torch.from_numpy(_cubic_roots(zz, 1.0, nu)).to(z.device, z.dtype)
+    radius = check_nonnegative(radius, "radius", allow_inf=True)
+    zz = _singular_values_arg(z, "z")
+    return torch.from_numpy(ball_values(zz, radius)[0]).to(z.device, z.dtype)
 
 
 def _svd_map(M: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -155,7 +136,8 @@ def _svd_map(M: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> tor
 
 
 def relaxed_objective(A: torch.Tensor, M: torch.Tensor, W: torch.Tensor, yy: torch.Tensor, mu: float = 0.0):
-    r""":math:`\lVert XW - Y\rVert_F^2 + \mu\lVert G(W) - I\rVert_F^2` from the moments (``mu`` = 0: plain least squares)."""
+    r""":math:`\lVert XW - Y\rVert_F^2 + \mu\lVert G(W) - I\rVert_F^2` from the moments (``mu`` = 0: plain least
+    squares; ``yy`` = :math:`\lVert Y\rVert_F^2`)."""
     f = (W * (A @ W)).sum() - 2 * (W * M).sum() + yy
     if mu:
         s = torch.linalg.svdvals(W)
@@ -164,62 +146,103 @@ def relaxed_objective(A: torch.Tensor, M: torch.Tensor, W: torch.Tensor, yy: tor
 
 
 def projected_gradient(A: torch.Tensor, M: torch.Tensor, sv_map: Callable[[torch.Tensor, float], torch.Tensor],
-                       W0: torch.Tensor, *, yy: torch.Tensor | None = None, mu: float = 0.0, max_iter: int = 500,
-                       tol: float = 1e-10) -> tuple[torch.Tensor, dict]:
-    r"""Accelerated projected (proximal) gradient for
-    :math:`\min_W \operatorname{tr}(W^\top AW) - 2\operatorname{tr}(W^\top M)` over a unitarily invariant set
-    (or plus a spectral penalty).
+                       W0: torch.Tensor, *, yy: torch.Tensor | None = None, mu: float = 0.0,
+                       max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL) -> tuple[torch.Tensor, dict]:
+    r"""Minimise :math:`\operatorname{tr}(W^\top AW) - 2\operatorname{tr}(W^\top M)` (+ ``yy``) over a unitarily
+    invariant set, or plus the spectral penalty :math:`\mu\sum_i(\sigma_i^2 - 1)^2`, from ``W0``.
 
-    A step maps :math:`V \mapsto P(V) = U\,\mathrm{diag}(\phi(s, t))\,V^\top` with
-    :math:`V - t\nabla f(V) = U\,\mathrm{diag}(s)\,V^\top`, :math:`\nabla f = 2(AV - M)`, step :math:`t = 1/L`,
-    :math:`L = 2\lambda_{\max}(A)`, and ``sv_map(s, t)`` = φ the projection of the singular values on the set
-    (or the proximal map of the penalty for step t). Iterates take Nesterov-extrapolated steps
-    :math:`W_{k+1} = P(W_k + \tfrac{k-1}{k+2}(W_k - W_{k-1}))` and fall back to the plain step
-    :math:`P(W_k)` (restarting the momentum) whenever the extrapolated step would increase the objective
-    (O'Donoghue & Candès 2015). With an exact projection onto a closed set and step 1/L the plain step
-    never increases the objective (Bolte, Sabach & Teboulle 2014), so the iteration is monotone. Stops when
-    :math:`\lVert W_{k+1} - W_k\rVert_F \le` tol · max(1, ‖W_k‖_F) or after ``max_iter`` steps.
+    ``sv_map(s, t)`` is the projection of the singular values on the set (or the proximal map of t·penalty):
+    the forward–backward step is :math:`V \mapsto U\,\mathrm{diag}(\text{sv\_map}(s, t))\,\bar V^\top` with
+    :math:`V - t\nabla f(V) = U\,\mathrm{diag}(s)\,\bar V^\top`, :math:`\nabla f = 2(AV - M)`, accelerated by
+    PANOC in the eigenbasis of A (:mod:`relaxedortho.closed_form.relaxed_solver`). Stops when the relative
+    fixed-point (KKT) residual is at most ``tol``; at ``max_iter`` it warns
+    (:class:`~relaxedortho.exceptions.ConvergenceWarning`) and returns the best point. Returns ``(W, info)``
+    (``info``: ``iterations``, ``residual``, ``converged``, ``objective`` (including ``yy``), ``envelope``, ``step``).
     """
-    L = 2 * float(torch.linalg.eigvalsh(A)[-1])
-    if L <= 0:
-        return W0, {"iterations": 0, "objective": []}
-    t = 1.0 / L
-    zero = torch.zeros((), dtype=A.dtype, device=A.device)
-    yy = zero if yy is None else yy
+    for name, v in (("A", A), ("M", M), ("W0", W0)):
+        if not isinstance(v, torch.Tensor) or v.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D torch.Tensor, got "
+                             f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+    p, q = M.shape
+    if A.shape != (p, p):
+        raise ValueError(f"A must be p×p = {p}×{p} for M of shape {p}×{q}, got {tuple(A.shape)}")
+    if W0.shape != (p, q):
+        raise ValueError(f"W0 must have the shape of M, {p}×{q}, got {tuple(W0.shape)}")
+    max_iter = _check_max_iter(max_iter)
+    tol = check_nonnegative(tol, "tol")
+    mu = check_nonnegative(mu, "mu", allow_inf=True)
+    yy = 0.0 if yy is None else float(yy)
 
-    def step(V):
-        return _svd_map(V - t * 2 * (A @ V - M), lambda s: sv_map(s, t))
+    def prox(sig: np.ndarray, t: float):
+        s = sv_map(torch.from_numpy(sig), t).to(torch.float64).numpy()
+        return s, (mu * float(((s * s - 1.0) ** 2).sum()) if mu else 0.0)
 
-    W, W_prev = W0, W0
-    f = float(relaxed_objective(A, M, W, yy, mu))
-    history = [f]
-    it, k = 0, 0
-    for it in range(1, max_iter + 1):
-        k += 1
-        W_new = step(W + ((k - 1) / (k + 2)) * (W - W_prev)) if k > 1 else step(W)
-        f_new = float(relaxed_objective(A, M, W_new, yy, mu))
-        if f_new > f and k > 1:  # restart the momentum with a plain (monotone) step
-            k = 1
-            W_new = step(W)
-            f_new = float(relaxed_objective(A, M, W_new, yy, mu))
-        change = float(torch.linalg.matrix_norm(W_new - W))
-        W_prev, W, f = W, W_new, min(f, f_new)
-        history.append(f_new)
-        if change <= tol * max(1.0, float(torch.linalg.matrix_norm(W))):
-            break
-    return W, {"iterations": it, "objective": history, "step": t}
+    W, info = minimize_spectral(A, M, prox, W0, max_iter=max_iter, tol=tol)
+    info["objective"] = [v + yy for v in info["objective"]]
+    info["envelope"] = [v + yy for v in info["envelope"]]
+    return W, info
 
 
-def _setup(m: PairedMoments, center: bool, solver: str, whitened_tol: float):
-    check_choice(solver, "solver", SOLVERS)
-    whitened_tol = check_nonnegative(whitened_tol, "whitened_tol")
-    A = m.gram_x(center=center)
-    M = m.cross(center=center)
-    c = float(torch.trace(A)) / A.shape[0]
-    dev = float(torch.linalg.matrix_norm(A - c * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)))
-    whitened = dev <= whitened_tol * max(float(torch.linalg.matrix_norm(A)), 1e-300)
-    use_pg = solver == "projected_gradient" or (solver == "auto" and not whitened)
-    return A, M, c, whitened, use_pg
+class _Relaxed:
+    """One relaxed problem: its whitened closed-form map, its proximal map, and the shortcuts that solve it exactly."""
+
+    def __init__(self, name: str, closed: Callable[[np.ndarray, float], np.ndarray],
+                 prox: Callable[[np.ndarray, float], tuple[np.ndarray, float]],
+                 single_value: float | None = None, feasible: Callable[[np.ndarray], bool] | None = None):
+        self.name, self.closed, self.prox = name, closed, prox
+        self.single_value = single_value  # the set is {W: every singular value = a}
+        self.feasible = feasible  # singular values where h = 0 (the least-squares map, if there, is optimal)
+
+
+def _penalty_kind(mu: float) -> _Relaxed:
+    def prox(sig, t):
+        if mu == math.inf:
+            return np.ones_like(sig), 0.0
+        s = penalty_values(sig, 1.0, 2.0 * t * mu)
+        return s, mu * float(((s * s - 1.0) ** 2).sum())
+    return _Relaxed(f"relaxed_penalty (mu={mu:g})", lambda sig, c: penalty_values(sig, c, mu), prox,
+                    single_value=1.0 if mu == math.inf else None,
+                    feasible=(lambda s: True) if mu == 0 else None)
+
+
+def _band_kind(lower: float, upper: float) -> _Relaxed:
+    def closed(sig, c):
+        return band_values(sig / c if c > 0 else np.zeros_like(sig), lower, upper)
+    return _Relaxed(f"relaxed_band ([{lower:g}, {upper:g}])", closed,
+                    lambda sig, t: (band_values(sig, lower, upper), 0.0),
+                    single_value=lower if lower == upper else None,
+                    feasible=lambda s: bool(np.all((s >= lower) & (s <= upper))))
+
+
+def _ball_kind(radius: float) -> _Relaxed:
+    last = {"nu": None}  # the multiplier of the previous projection: the next one starts there
+
+    def closed(sig, c):
+        return ball_values(sig / c if c > 0 else np.zeros_like(sig), radius)[0]
+
+    def prox(sig, t):
+        s, nu = ball_values(sig, radius, last["nu"])
+        if 0 < nu < math.inf:
+            last["nu"] = nu
+        return s, 0.0
+    return _Relaxed(f"relaxed_frobenius (radius={radius:g})", closed, prox,
+                    single_value=1.0 if radius == 0 else None,
+                    feasible=lambda s: float(((s * s - 1.0) ** 2).sum()) <= radius * radius)
+
+
+def _moments(m: PairedMoments, center: bool):
+    A = m.gram_x(center=center).to(torch.float64)
+    M = m.cross(center=center).to(torch.float64)
+    if not (bool(torch.isfinite(A).all()) and bool(torch.isfinite(M).all())):
+        raise ValueError("the moments XᵀX, XᵀY are not finite (their float accumulation overflowed); rescale X "
+                         "and Y, or accumulate in float64 (precision='float64')")
+    return A, M
+
+
+def _check_max_iter(max_iter: Any) -> int:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    return int(max_iter)
 
 
 def _finish(m: PairedMoments, W: torch.Tensor, center: bool, info: dict) -> ClosedFormSolution:
@@ -227,29 +250,47 @@ def _finish(m: PairedMoments, W: torch.Tensor, center: bool, info: dict) -> Clos
     return ClosedFormSolution(W, bias, info=info)
 
 
-def _solve(m, center, solver, whitened_tol, max_iter, tol, closed_sv, pg_sv, mu=0.0):
-    A, M, c, whitened, use_pg = _setup(m, center, solver, whitened_tol)
-    W = _svd_map(M, closed_sv(c))
-    info = {"whitened": whitened, "c": c, "solver": "closed_form"}
-    if use_pg:
-        W, pg_info = projected_gradient(A, M, pg_sv, W, mu=mu, max_iter=max_iter, tol=tol)
-        info.update(pg_info, solver="projected_gradient")
+def _solve(m: PairedMoments, kind: _Relaxed, center: bool, solver: str, whitened_tol: float, max_iter: int,
+           tol: float) -> ClosedFormSolution:
+    if not isinstance(m, PairedMoments):
+        raise TypeError(f"solve_{kind.name.split(' ')[0]} needs the PairedMoments of accumulate_moments as m, got "
+                        f"{type(m).__name__} (for raw X, Y: accumulate_moments(X, Y) first)")
+    check_choice(solver, "solver", SOLVERS)
+    whitened_tol = check_nonnegative(whitened_tol, "whitened_tol")
+    tol = check_nonnegative(tol, "tol")
+    max_iter = _check_max_iter(max_iter)
+    A, M = _moments(m, center)
+    p, q = M.shape
+    c = float(torch.trace(A)) / p
+    dev = float(torch.linalg.matrix_norm(A - c * torch.eye(p, dtype=A.dtype, device=A.device)))
+    whitened = dev <= whitened_tol * float(torch.linalg.matrix_norm(A))
+    info = {"whitened": whitened, "c": c, "solver": "closed_form", "iterations": 0, "residual": 0.0,
+            "converged": True}
+    W = _svd_map(M, lambda s: torch.from_numpy(kind.closed(s.cpu().numpy(), c)).to(s))
+    if solver == "closed_form" or (solver == "auto" and whitened):
+        return _finish(m, W, center, info)
+    if kind.single_value is not None and p <= q:
+        # W W^T = a^2 I makes tr(W^T A W) = a^2 tr(A) constant: the optimum is a times the polar factor of M
+        W = kind.single_value * _svd_map(M, torch.ones_like)
+        info.update(solver="polar")
+        return _finish(m, W, center, info)
+    W, it_info = minimize_spectral(A, M, kind.prox, W, max_iter=int(max_iter), tol=tol, shortcut=kind.feasible,
+                                   what=kind.name)
+    info.update(it_info, solver=it_info.pop("solver", "projected_gradient"))
     return _finish(m, W, center, info)
 
 
 def solve_relaxed_penalty(m: PairedMoments, *, mu: float, center: bool = False, solver: str = "auto",
-                          whitened_tol: float = WHITENED_TOL, max_iter: int = 500,
-                          tol: float = 1e-10) -> ClosedFormSolution:
-    r"""Penalized relaxed Procrustes :math:`\min_W \lVert XW - Y\rVert_F^2 + \mu\lVert G(W) - I\rVert_F^2`
-    (``mu`` ≥ 0, ``math.inf`` allowed: UVᵀ). Whitened X: :math:`W = U\,\mathrm{diag}(s)V^\top`, :math:`s_i` the
+                          whitened_tol: float = WHITENED_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                          tol: float = DEFAULT_TOL) -> ClosedFormSolution:
+    r"""Penalized relaxed Procrustes
+    :math:`\min_W \lVert XW - Y\rVert_F^2 + \mu\lVert G(W) - I\rVert_F^2` (``mu`` ≥ 0, ``math.inf`` allowed:
+    the orthonormal W nearest the data). Whitened X: :math:`W = U\,\mathrm{diag}(s)V^\top`, :math:`s_i` the
     positive root of :math:`2\mu s^3 + (c - 2\mu)s - \sigma_i = 0`, :math:`c = \operatorname{tr}(X^\top X)/p`;
-    otherwise proximal gradient (:func:`projected_gradient`). ``center=True`` fits on centred data and adds
-    the bias :math:`\mu_y - \mu_x W`. See the module documentation."""
+    otherwise the iterative solver with the cubic as proximal map. See the module documentation.
+    Options ``center``, ``solver``, ``whitened_tol``, ``max_iter``, ``tol``: see the module documentation."""
     mu = check_nonnegative(mu, "mu", allow_inf=True)
-    return _solve(m, center, solver, whitened_tol, max_iter, tol,
-                  lambda c: (lambda s: penalty_singular_values(s, c, mu)),
-                  lambda s, t: penalty_singular_values(s, 1.0, 2 * t * mu) if mu != math.inf else torch.ones_like(s),
-                  mu=0.0 if mu == math.inf else mu)
+    return _solve(m, _penalty_kind(mu), center, solver, whitened_tol, max_iter, tol)
 
 
 def _band(lower: float, upper: float) -> tuple[float, float]:
@@ -261,41 +302,44 @@ def _band(lower: float, upper: float) -> tuple[float, float]:
 
 
 def solve_relaxed_band(m: PairedMoments, *, lower: float = 0.0, upper: float = math.inf, center: bool = False,
-                       solver: str = "auto", whitened_tol: float = WHITENED_TOL, max_iter: int = 500,
-                       tol: float = 1e-10) -> ClosedFormSolution:
-    r"""Band-constrained relaxed Procrustes :math:`\min_W \lVert XW - Y\rVert_F^2` s.t. every singular value of W
-    lies in [``lower``, ``upper``] (0 ≤ lower ≤ upper ≤ ∞; :func:`band_from_epsilon` converts a spectral ε).
-    Whitened X: :math:`W = U\,\mathrm{clip}(\Sigma/c, a, b)\,V^\top`, the least-squares map with its singular
-    values clipped; [1, 1] gives UVᵀ and [0, ∞) least squares. Otherwise projected gradient with the clip as
-    projection (clipping alone would only be a heuristic)."""
+                       solver: str = "auto", whitened_tol: float = WHITENED_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                       tol: float = DEFAULT_TOL) -> ClosedFormSolution:
+    r"""Band-constrained relaxed Procrustes :math:`\min_W \lVert XW - Y\rVert_F^2` s.t.
+    every singular value of W lies in [``lower``, ``upper``] (0 ≤ lower ≤ upper ≤ ∞;
+    :func:`band_from_epsilon` converts a spectral ε). Whitened X: :math:`W = U\,\mathrm{clip}(\Sigma/c, a, b)\,
+    V^\top`, the least-squares map with its singular values clipped; [1, 1] gives UVᵀ and [0, ∞) least squares.
+    Otherwise the iterative solver with the clip as projection (clipping alone would only be a
+    heuristic).
+    Options ``center``, ``solver``, ``whitened_tol``, ``max_iter``, ``tol``: see the module documentation."""
     lower, upper = _band(lower, upper)
-    clip = lambda s: s.clamp(lower, upper)  # noqa: E731
-    return _solve(m, center, solver, whitened_tol, max_iter, tol,
-                  lambda c: (lambda s: clip(s / c if c > 0 else torch.zeros_like(s))), lambda s, t: clip(s))
+    return _solve(m, _band_kind(lower, upper), center, solver, whitened_tol, max_iter, tol)
 
 
 def solve_relaxed_frobenius(m: PairedMoments, *, radius: float, center: bool = False, solver: str = "auto",
-                            whitened_tol: float = WHITENED_TOL, max_iter: int = 500,
-                            tol: float = 1e-10) -> ClosedFormSolution:
+                            whitened_tol: float = WHITENED_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                            tol: float = DEFAULT_TOL) -> ClosedFormSolution:
     r"""Frobenius-ball relaxed Procrustes :math:`\min_W \lVert XW - Y\rVert_F^2` s.t.
     :math:`\lVert G(W) - I\rVert_F \le` ``radius`` (the deviation :class:`~relaxedortho.LambdaOrthoLinear`
-    measures and holds near its ``lam``; 0 gives UVᵀ, ∞ least squares). Whitened X: the projection of
-    :math:`\Sigma/c` on the ball (:func:`frobenius_singular_values`); otherwise projected gradient."""
+    measures; 0 gives orthonormal W, ∞ least squares). Whitened X: the projection of :math:`\Sigma/c` on the ball
+    (:func:`frobenius_singular_values`); otherwise the iterative solver with that projection.
+    Options ``center``, ``solver``, ``whitened_tol``, ``max_iter``, ``tol``: see the module documentation."""
     radius = check_nonnegative(radius, "radius", allow_inf=True)
-    proj = lambda s: frobenius_singular_values(s, radius)  # noqa: E731
-    return _solve(m, center, solver, whitened_tol, max_iter, tol,
-                  lambda c: (lambda s: proj(s / c if c > 0 else torch.zeros_like(s))), lambda s, t: proj(s))
+    return _solve(m, _ball_kind(radius), center, solver, whitened_tol, max_iter, tol)
 
 
 def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True, solver: str = "auto",
-                chunk_size: int | None = None, group: Any = None, distributed: bool = False, **module_kwargs):
+                chunk_size: int | None = None, device: torch.device | str | None = None,
+                max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, group: Any = None,
+                distributed: bool = False, **module_kwargs):
     r"""A :class:`~relaxedortho.LambdaOrthoLinear` with tolerance ``lam`` started at the Frobenius-ball
     relaxed Procrustes solution of the same radius: :math:`\lVert G(W) - I\rVert_F \le \lambda` — the map the
     λ-orthogonality penalty aims at, before any training.
 
     ``X, Y`` as for :func:`~relaxedortho.closed_form.fit_closed_form` (arrays, tensors, a chunk stream or
-    moments). ``center`` (default True) fits the bias too; other keyword arguments go to the
-    :class:`~relaxedortho.LambdaOrthoLinear` constructor (``alpha``, ``gate``, ``penalty_weight``, ...).
+    moments). ``center`` (default True) fits the bias too; ``device`` is where the moments are accumulated and
+    the map is put (default: where the data are); ``solver``, ``max_iter``, ``tol`` go to
+    :func:`solve_relaxed_frobenius`; other keyword arguments go to the :class:`~relaxedortho.LambdaOrthoLinear`
+    constructor (``alpha``, ``gate``, ``penalty_weight``, ``dtype``, ...).
     ``group=`` / ``distributed=True``: fit on the shards of every process of a :mod:`torch.distributed`
     process group, as in :func:`~relaxedortho.closed_form.fit_closed_form` (the same map on every process).
 
@@ -309,13 +353,19 @@ def lambda_init(X: Any, Y: Any = None, lam: float = 1.0, *, center: bool = True,
     from ..maps import LambdaOrthoLinear
 
     lam = check_nonnegative(lam, "lam", allow_inf=True)
-    m = accumulate_moments(X, Y, second_moments=("x",), chunk_size=chunk_size, group=group, distributed=distributed)
-    if center and m.n < 2:
-        raise ValueError("center=True needs at least 2 rows (X has fewer)")
-    sol = solve_once(lambda: solve_relaxed_frobenius(m, radius=lam, center=center, solver=solver),
-                     device=m.device, group=group, distributed=distributed)
-    dtype = torch.float32 if m.dtype in (torch.float16, torch.bfloat16) else m.dtype
     if "bias" in module_kwargs:
         raise TypeError("lambda_init sets the bias from center= (True: fitted bias, False: no bias); drop bias=")
-    return LambdaOrthoLinear.from_matrix(sol.W.mT.to(dtype).contiguous(),
-                                         None if sol.bias is None else sol.bias.to(dtype), lam=lam, **module_kwargs)
+    dev = None if device is None else check_device(device)
+    m = accumulate_moments(X, Y, second_moments=("x",), chunk_size=chunk_size, device=dev, group=group,
+                           distributed=distributed)
+    if center and m.n < 2:
+        raise ValueError("center=True needs at least 2 rows (X has fewer)")
+    sol = solve_once(lambda: solve_relaxed_frobenius(m, radius=lam, center=center, solver=solver, max_iter=max_iter,
+                                                     tol=tol), device=m.device, group=group, distributed=distributed)
+    dtype = module_kwargs.pop("dtype", None)
+    if dtype is None:
+        dtype = torch.float32 if m.dtype in (torch.float16, torch.bfloat16) else m.dtype
+    target = dict(dtype=dtype, device=sol.W.device if dev is None else dev)
+    return LambdaOrthoLinear.from_matrix(sol.W.mT.to(**target).contiguous(),
+                                         None if sol.bias is None else sol.bias.to(**target), lam=lam,
+                                         **module_kwargs)
