@@ -597,6 +597,11 @@ row(training.register_hard_maps, lambda f: training.register_hard_maps(nn.Linear
     "optimizer must be a torch.optim.Optimizer", "register_hard_maps-not-an-optimizer")
 row(ro.OrthogonalLinear.register_optimizer, lambda f: ro.OrthogonalLinear(4, 3).register_optimizer("adam"),
     TypeError, "optimizer must be a torch.optim.Optimizer", "register_optimizer-not-an-optimizer")
+row(linalg.check_orthonormal, lambda f: linalg.check_orthonormal(2 * torch.eye(3), "W"), ValueError,
+    "W must have orthonormal columns", "check_orthonormal-scaled")
+row(linalg.check_orthonormal, lambda f: linalg.check_orthonormal([[1.0]], "W"), TypeError, "W", "check_orthonormal-list")
+row(linalg.orthonormality_tolerance, lambda f: linalg.orthonormality_tolerance(np.eye(3)), TypeError, "weight",
+    "orthonormality_tolerance-numpy")
 row(ro.orthogonal, lambda f: ro.orthogonal("layer"), TypeError, "module must be a torch.nn.Module",
     "orthogonal-not-a-module")
 row(ro.orthogonal, lambda f: ro.orthogonal(nn.Linear(3, 3), "weights"), ValueError, "not a parameter",

@@ -197,3 +197,16 @@ def test_register_hard_maps_rejects_what_is_not_a_module_or_an_optimizer():
         m.register_optimizer([p for p in m.parameters()])
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         optimizer_hooks.register_hard_maps("model", torch.optim.SGD(m.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("variant", variants("hard", "basic"))
+def test_catch_up_under_autocast_works_in_the_maps_dtype(variant):
+    """Found by the GPU check: an unregistered step followed by a bf16-autocast forward re-based torch's
+    parametrization with a bf16 weight (torch refused it); the catch-up now runs outside autocast."""
+    m = build(variant)
+    step(m, torch.optim.SGD(m.parameters(), lr=0.2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(torch.randn(2, m.in_features))
+    assert y.dtype == torch.bfloat16 and bool(torch.isfinite(y).all())
+    w = m.weight.detach()
+    assert w.dtype == torch.float32 and deviation(w) <= orthonormality_tolerance(w)

@@ -241,5 +241,7 @@ def _project_outside_graph(module: StiefelLinear) -> None:
 
 
 def _project_if_edited(module: StiefelLinear) -> None:
-    if module.stiefel_weight._version != module.__dict__.get("_exact_version"):
-        module.project_()
+    w = module.stiefel_weight
+    if w._version != module.__dict__.get("_exact_version"):
+        with torch.autocast(device_type=w.device.type, enabled=False):  # in the map's own dtype, never bf16
+            module.project_()

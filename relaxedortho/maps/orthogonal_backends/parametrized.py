@@ -52,8 +52,10 @@ class Parametrized(OrthogonalBackend):
         self.mark_exact(host)
 
     def sync(self, host: nn.Module) -> None:
-        if self.trainable(host)._version != host._version:
-            self.check(host, after_step=False)
+        original = self.trainable(host)
+        if original._version != host._version:
+            with torch.autocast(device_type=original.device.type, enabled=False):  # in the map's own dtype
+                self.check(host, after_step=False)
 
     def after_step(self, host: nn.Module) -> None:
         self.check(host, after_step=True)
