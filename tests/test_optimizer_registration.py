@@ -202,7 +202,8 @@ def test_register_hard_maps_rejects_what_is_not_a_module_or_an_optimizer():
 @pytest.mark.parametrize("variant", variants("hard", "basic"))
 def test_catch_up_under_autocast_works_in_the_maps_dtype(variant):
     """Found by the GPU check: an unregistered step followed by a bf16-autocast forward re-based torch's
-    parametrization with a bf16 weight (torch refused it); the catch-up now runs outside autocast."""
+    parametrization with a bf16 weight (torch refused it), and projected a Stiefel weight with bf16 products
+    (||G - I||_F = 6e-3); the catch-up now runs outside autocast, in the map's dtype."""
     m = build(variant)
     step(m, torch.optim.SGD(m.parameters(), lr=0.2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
