@@ -67,8 +67,6 @@ from .orthogonal_backends.parametrized import REBASE_NORM  # noqa: F401  (public
 from .orthogonal_backends.retraction import project_tangent
 
 METHODS = ("auto", "trivialization", "retraction", "cayley", "matrix_exp", "householder")
-#: Methods whose weight is re-projected by this package (not a torch parametrization).
-_SELF_PROJECTED = ("trivialization", "retraction")
 
 
 class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
@@ -174,8 +172,7 @@ class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
         self._backend.build(self, w0)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
         self._backend.mark_exact(self)
-        if method in _SELF_PROJECTED:
-            self.retract_()  # polish the starting matrix to rounding level
+        self.retract_()  # polish the starting matrix to rounding level (the self-projected backends)
         self.register_forward_pre_hook(_sync_before_forward)
         self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
         self.register_load_state_dict_post_hook(_check_loaded_state)
@@ -195,11 +192,9 @@ class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
         # first (a version comparison when nothing changed). "trivialization": the weight is a buffer; while
         # gradients are recorded, hand out an alias whose backward reaches the generator, so that direct uses of
         # the weight train the map
-        method = self.__dict__.get("method")
-        if name == "weight" and method in _SELF_PROJECTED and "_version" in self.__dict__:
-            self._sync()
-            if method == "trivialization":
-                return BACKENDS["trivialization"].weight_alias(self)
+        # (the parametrized backends' weight is torch's property: never looked up here)
+        if name == "weight" and "_version" in self.__dict__ and "method" in self.__dict__:
+            return self._backend.read_weight(self)
         return super().__getattr__(name)
 
     def _sync(self, *, strict: bool = True) -> None:

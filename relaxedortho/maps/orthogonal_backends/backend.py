@@ -44,6 +44,11 @@ class OrthogonalBackend:
         """The tensors a step may write that must be put back when it writes NaN/Inf (default: the trainable)."""
         return [self.trainable(host)]
 
+    def read_weight(self, host: nn.Module) -> torch.Tensor:
+        """``host.weight`` read outside the forward: brought onto the manifold first (``host._sync``)."""
+        host._sync()
+        return self.stored_weight(host)
+
     def matrix(self, host: nn.Module) -> torch.Tensor:
         """The ``out x in`` matrix as it is now, detached (what a loaded state is checked on)."""
         return self.stored_weight(host)

@@ -42,10 +42,12 @@ class Trivialization(Projected):
         check_input_dtype(x, w)
         return generator_linear(x, w, host._parameters["generator"], host.bias)
 
-    def weight_alias(self, host: nn.Module) -> torch.Tensor:
-        """``weight`` as code outside the forward sees it: while gradients are recorded, an alias whose backward
-        reaches the generator (:class:`~relaxedortho.maps._generator.GeneratorWeight`), so that direct uses of the
-        weight (a task-vector transfer) train the map."""
+    def read_weight(self, host: nn.Module) -> torch.Tensor:
+        """``weight`` as code outside the forward sees it (brought onto the manifold first): while gradients are
+        recorded, an alias whose backward reaches the generator
+        (:class:`~relaxedortho.maps._generator.GeneratorWeight`), so that direct uses of the weight (a task-vector
+        transfer) train the map."""
+        host._sync()
         w, gen = host._buffers["weight"], host._parameters["generator"]
         return GeneratorWeight.apply(w, gen) if torch.is_grad_enabled() and gen.requires_grad else w
 
