@@ -8,10 +8,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxedortho as ro
-from relaxedortho._geoopt import geoopt
 from relaxedortho.linalg import random_orthogonal
 from relaxedortho.testing import strategies as ros
-from relaxedortho.testing.maps import VARIANTS, variants
+from relaxedortho.testing.maps import VARIANTS, optimizer_for, variants
 from helpers import drift_tolerance
 
 STEPS = 300
@@ -34,10 +33,7 @@ def make_problem(shape, dtype, seed, w0):
 
 
 def train(m, x, y, steps, lr=1e-2):
-    if isinstance(m, ro.StiefelLinear):
-        opt = geoopt.optim.RiemannianAdam(m.parameters(), lr=ro.riemannian_lr(lr, m.in_features, m.out_features))
-    else:
-        opt = torch.optim.Adam(m.parameters(), lr=lr)
+    opt = optimizer_for(m, "adam", lr, register=False)  # unregistered: the weight is read back on the manifold
     losses = []
     for _ in range(steps):
         opt.zero_grad()
