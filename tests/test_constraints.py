@@ -233,3 +233,25 @@ def test_auto_alpha_is_resolved_for_the_current_lam():
     assert auto == pytest.approx(1.05 / (1 + math.exp(-100 * 0.05)), rel=1e-9)
     layer.constraints["weight"].lam = 2.0  # re-resolved: alpha = 50, gate closed at n = 1.05
     assert float(layer.regularizer().detach()) == pytest.approx(1.05 / (1 + math.exp(50 * 0.95)), rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch", "ignore::FutureWarning:torch")
+@pytest.mark.parametrize("method", ["trivialization", "retraction", "cayley"])
+def test_compile_equals_eager_and_catches_up_after_an_unregistered_step(method):
+    with warnings.catch_warnings():  # inductor's import-time DeprecationWarnings (see test_maps.py)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
+    torch._dynamo.reset()
+    layer = ro.orthogonal(linear((4, 4)), method=method)
+    compiled = torch.compile(layer)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=1e-6)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    compiled(x).sum().backward()
+    opt.step()
+    y = compiled(x)  # the catch-up runs outside the graph
+    hard = layer.constraints["weight"]
+    w = layer.weight.detach() if method == "cayley" else hard._weight_tensor().detach()
+    assert deviation(w) <= orthonormality_tolerance(w)
+    torch.testing.assert_close(y, x @ w.T + layer.bias, rtol=0, atol=1e-6)
