@@ -211,3 +211,10 @@ def test_catch_up_under_autocast_works_in_the_maps_dtype(variant):
     assert y.dtype == torch.bfloat16 and bool(torch.isfinite(y).all())
     w = m.weight.detach()
     assert w.dtype == torch.float32 and deviation(w) <= orthonormality_tolerance(w)
+
+
+def test_a_stiefel_weight_read_after_an_unregistered_euclidean_step_is_on_the_manifold():
+    m = build("stiefel")
+    step(m, torch.optim.SGD(m.parameters(), lr=0.5))
+    assert deviation(m.stiefel_weight) > 1e-3  # the stored point left the manifold
+    assert m.orthogonality_error() <= orthonormality_tolerance(m.weight)  # the read brings it back

@@ -159,7 +159,10 @@ class StiefelLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
-        """The ``out x in`` matrix (a view of the stored tall Stiefel point)."""
+        """The ``out x in`` matrix (a view of the stored tall Stiefel point), projected back first when an edit or
+        an unregistered optimizer's step changed it (a version comparison when nothing did)."""
+        if "_exact_version" in self.__dict__ and not torch.compiler.is_compiling():
+            _project_if_edited(self)
         w = self.stiefel_weight.as_subclass(torch.Tensor)
         return w.mT if self.wide else w
 
