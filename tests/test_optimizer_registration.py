@@ -218,3 +218,20 @@ def test_a_stiefel_weight_read_after_an_unregistered_euclidean_step_is_on_the_ma
     step(m, torch.optim.SGD(m.parameters(), lr=0.5))
     assert deviation(m.stiefel_weight) > 1e-3  # the stored point left the manifold
     assert m.orthogonality_error() <= orthonormality_tolerance(m.weight)  # the read brings it back
+
+
+def test_fit_pair_and_the_few_shot_trainer_register_their_maps(monkeypatch):
+    attached = []
+    real = optimizer_hooks.attach
+    monkeypatch.setattr(optimizer_hooks, "attach", lambda opt, m: attached.append(m) or real(opt, m))
+    g = torch.Generator().manual_seed(0)
+    new, old = torch.randn(64, 4, generator=g), torch.randn(64, 3, generator=g)
+    b, f = ro.OrthogonalLinear(4, 3), ro.AffineMap(3, 3)  # B: d_new -> d_old, F: d_old -> d_old
+    ro.fit_pair(b, f, new, old, epochs=1, batch_size=16, progress=False)
+    assert attached == [b]
+    attached.clear()
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    tau = {k: 0.1 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    moved = ro.transfer_task_vector(model, tau, {"0": ro.OrthogonalLinear(4, 4)}, strict=False)
+    ro.train_transfer_maps(moved, torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g), steps=2)
+    assert len(attached) == 1 and isinstance(attached[0], ro.OrthogonalLinear)
