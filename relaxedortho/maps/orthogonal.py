@@ -23,7 +23,8 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
        ``k x k x k``; the SVD after a step too large for it) plus one tangent projection (two products)
    * - ``"cayley"``
      - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
-     - ~3 n³, n×n solve; when a step leaves the argument's norm above :data:`REBASE_NORM`, the weight is
+     - ~3 n³, n×n solve; when a step leaves the argument's norm above
+       :data:`~relaxedortho.maps.orthogonal_backends.parametrized.REBASE_NORM`, the weight is
        evaluated once more, checked, and the parametrization re-based on it
    * - ``"matrix_exp"``
      - same, matrix exponential of a skew matrix
@@ -37,8 +38,8 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
 reflections, which also preserve every inner product and are what embedding alignment usually wants
 (docs/math.md §4). All methods keep the sign of the determinant of their starting matrix.
 
-Safety: the weight is orthonormal to rounding at every forward pass, whatever the learning rate, the data scale,
-an edit by hand or a loaded state. A matrix given to the map is checked
+Safety: the weight is orthonormal to rounding at every forward pass and every read of ``weight``, whatever the
+learning rate, the data scale, an edit by hand or a loaded state. A matrix given to the map is checked
 (:func:`~relaxedortho.maps.base.orthonormal_entry`: taken as it is at rounding level, replaced by its polar factor
 with a warning when close, rejected otherwise); a re-projection never diverges (far from the manifold it uses the
 SVD); a step of a registered optimizer that writes NaN or Inf is undone and raises
