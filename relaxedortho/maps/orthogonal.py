@@ -135,6 +135,7 @@ class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
     """
 
     is_orthogonal = True
+    register_optimizer = RegistersWithOptimizers.register_optimizer  # documented with the class
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, method: str = "auto",
                  group: str = "O", init: Any = "orthogonal", ns_steps: int | None = None,

@@ -77,6 +77,7 @@ class StiefelLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
     """
 
     is_orthogonal = True
+    register_optimizer = RegistersWithOptimizers.register_optimizer  # documented with the class
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, canonical: bool = False,
                  init: Any = "orthogonal", device=None, dtype=None) -> None:
