@@ -34,7 +34,7 @@ class MapVariant:
     name: str
     class_name: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    tags: frozenset = frozenset()
+    tags: tuple[str, ...] = ()  # in the order of TAGS (a tuple: the same repr in every run, unlike a set)
 
     def build(self, shape: tuple[int, int], **extra: Any) -> nn.Module:
         """The map for ``shape = (out_features, in_features)`` (made square, ``out x out``, for a square-only
@@ -57,7 +57,7 @@ class MapVariant:
 def _variant(name: str, class_name: str, options: dict, *tags: str) -> MapVariant:
     unknown = set(tags) - set(TAGS)
     assert not unknown, unknown
-    return MapVariant(name, class_name, options, frozenset(tags))
+    return MapVariant(name, class_name, options, tuple(t for t in TAGS if t in tags))
 
 
 _HARD_SELF = ("hard", "self-projected")
@@ -99,7 +99,7 @@ def variants(*tags: str, exclude: tuple[str, ...] = ()) -> list[str]:
     for t in (*tags, *exclude):
         if t not in TAGS:
             raise ValueError(f"unknown tag {t!r}; choose among {TAGS}")
-    return [n for n, v in VARIANTS.items() if set(tags) <= v.tags and not v.tags & set(exclude)]
+    return [n for n, v in VARIANTS.items() if set(tags) <= set(v.tags) and not set(v.tags) & set(exclude)]
 
 
 def stored_weight(m: nn.Module) -> torch.Tensor:
