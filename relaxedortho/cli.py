@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Sequence
 
 from .files import write_json
@@ -179,9 +180,12 @@ def _check_solver(kind: str, solver: str) -> None:
 
 
 def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.5, bias: bool | None = None,
-              epochs: int = 100, batch_size: int = 256, lr: float = 1e-2, seed: int = 0, progress: bool = False,
-              band_steps: int = 300):
-    """Fit a map ``X → Y`` of ``kind`` by ``solver`` (``"closed"`` or ``"trained"``); returns the module."""
+              epochs: int = 100, batch_size: int = 256, lr: float | None = None, seed: int = 0, progress: bool = False,
+              band_steps: int = 300, init: str = "auto", tol: float | None = 1e-4, start=None):
+    """Fit a map ``X → Y`` of ``kind`` by ``solver`` (``"closed"`` or ``"trained"``); returns the module.
+
+    Trained maps start from ``init`` (:func:`relaxedortho.training.initialization.initialize_map`), or from the
+    weight and bias of ``start`` (a trained map of the same shape: the warm start of a λ sweep)."""
     import torch
 
     from .maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
@@ -213,17 +217,42 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
         module = AffineMap(p, q, bias=bias is not False, dtype=X.dtype, device=X.device)
     from .training import NonFiniteLossError, TrainingDivergedError
 
+    if start is not None:
+        with torch.no_grad():
+            module.load_matrix_(start.weight.detach(), None if start.bias is None or module.bias is None
+                                else start.bias.detach())
+        init = "module"
+    from .exceptions import ConvergenceWarning
+
     try:
-        fit_alignment(module, X, Y, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress)
+        with warnings.catch_warnings(record=True) as caught:  # said on stderr as a one-line warning, below
+            warnings.simplefilter("always", ConvergenceWarning)
+            h = fit_alignment(module, X, Y, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress,
+                              init=init, tol=tol)
     except TrainingDivergedError as exc:  # the library's advice names Python arguments: say it in options
         h = exc.history
         raise CLIError(f"training diverged: the last epoch's mean loss ({h.loss[-1]:.4g}) is far above the "
-                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {lr:g}; "
-                       f"try {lr / 10:g}) or rescale the data") from None
+                       f"initial loss ({h.initial_loss:.4g}); no map is saved. Use a smaller --lr (now {h.lr:g}; "
+                       f"try {h.lr / 10:g}) or rescale the data") from None
     except NonFiniteLossError as exc:
+        now = lr if lr is not None else _default_lr(module)
         raise CLIError(f"training failed: the loss became NaN or Inf at step {exc.step}; no map is saved. Use a "
-                       f"smaller --lr (now {lr:g}; try {lr / 10:g}) or rescale the data") from None
+                       f"smaller --lr (now {now:g}; try {now / 10:g}) or rescale the data") from None
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            print(f"relaxedortho: warning: the {kind} map did not converge in {epochs} epochs (the loss still fell "
+                  f"by {100 * h.relative_change[-1]:.3g}% in the last); use more --epochs or a larger --lr (now "
+                  f"{h.lr:g})", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    module._train_history = h  # read by _fit_summary
     return module
+
+
+def _default_lr(module) -> float:
+    from .training.learning_rate import default_lr
+
+    return default_lr(module)
 
 
 def _fit_summary(module, X, Y) -> dict:
@@ -233,7 +262,16 @@ def _fit_summary(module, X, Y) -> dict:
         mse = float(((module(X).double() - Y.double()) ** 2).sum(1).mean())
     return {"class": type(module).__name__, "in_features": module.in_features,
             "out_features": module.out_features, "bias": module.bias is not None,
-            "fit_mse": mse, "orthogonality_error": module.orthogonality_error()}
+            "fit_mse": mse, "orthogonality_error": module.orthogonality_error(), **_training_record(module)}
+
+
+def _training_record(module) -> dict:
+    """The start, learning rate, epochs run and convergence of a trained map (empty for a closed form)."""
+    h = getattr(module, "_train_history", None)
+    if h is None:
+        return {}
+    return {"init": h.init["init"] if h.init else None, "lr": h.lr, "epochs_run": h.epochs,
+            "converged": h.converged, "stop_reason": h.stop_reason}
 
 
 def _loo_retrieval(A, B, labels, limit: int = 2000) -> dict:
@@ -262,7 +300,8 @@ def cmd_fit(args) -> int:
     _log(args, f"fitting a {args.kind} map {X.shape[1]} -> {Y.shape[1]} on {X.shape[0]} pairs ({solver})")
     t = time.perf_counter()
     module = build_map(args.kind, solver, X, Y, lam=args.lam, eps=args.eps, bias=args.bias, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet,
+                       init=args.init, tol=args.tol)
     summary = {"kind": args.kind, "solver": solver, **_fit_summary(module, X, Y),
                "seconds": round(time.perf_counter() - t, 3), "source": args.source, "target": args.target,
                "map_file": args.out}
@@ -405,18 +444,22 @@ def cmd_sweep(args) -> int:
                                                                                       device=device)
     lams = sorted(args.lams)
     results = []
+    previous = None  # warm start along λ: each finite λ after the first starts from the previous λ's map
     for i, lam in enumerate(lams):
         t = time.perf_counter()
         kind = "affine" if math.isinf(lam) else "lambda"
         module = build_map(kind, "trained", X[tr], Y[tr], lam=lam, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=args.lr, seed=args.seed, progress=False)
+                           lr=args.lr, seed=args.seed, progress=False, init=args.init, tol=args.tol,
+                           start=previous if kind == "lambda" and args.init != "module" else None)
+        if kind == "lambda":
+            previous = module
         with torch.no_grad():
             BXv = module(X[val])
             row = {"lam": lam, "kind": kind,
                    "train_mse": float(((module(X[tr]).double() - Y[tr].double()) ** 2).sum(1).mean()),
                    "val_mse": float(((BXv.double() - Y[val].double()) ** 2).sum(1).mean()),
                    "orthogonality_error": module.orthogonality_error(),
-                   "gram_distortion_val": _gram_distortion(X[val], BXv)}
+                   "gram_distortion_val": _gram_distortion(X[val], BXv), **_training_record(module)}
             if labels is not None:
                 lv = labels[np.sort(perm[:n_val])]
                 r = _loo_retrieval(BXv, Y[val], lv)
@@ -529,12 +572,32 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _tol(text: str):
+    """``--tol``: a non-negative number, or ``none`` (no stopping rule)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number or 'none', got {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number or 'none', got {text!r}")
+    return value
+
+
 def _add_training_options(parser: argparse.ArgumentParser, note: str, *, epochs_help: str, seed_help: str) -> None:
     """``--epochs --batch-size --lr --seed --device`` of the subcommands that train maps (``note`` ends the help
     of the batch size and learning rate)."""
     parser.add_argument("--epochs", type=_positive_int, default=100, help=epochs_help)
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size" + note)
-    parser.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate" + note)
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help="Adam learning rate (default: 0.02/sqrt(max(in, out)), the library's default_lr)" + note)
+    parser.add_argument("--init", choices=("auto", "procrustes", "module"), default="auto",
+                        help="start of trained maps: the closed form of the map's constraint from the data (auto), "
+                             "(centred) Procrustes for every map, or the map's own random start (module)" + note)
+    parser.add_argument("--tol", type=_tol, default=1e-4,
+                        help="stop when the epoch's mean loss falls by less than this (relative) in two "
+                             "consecutive epochs; 'none': run every epoch" + note)
     parser.add_argument("--seed", type=_nonneg_int, default=0, help=seed_help)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 

@@ -16,9 +16,10 @@ representation learning", CVPR 2020, for the protocol):
    for several λ, the free affine map (trained and in closed form), and the nested relaxed *band*
    maps :math:`\sigma_i(W)\in[\sqrt{(1-\varepsilon)_+}, \sqrt{1+\varepsilon}]` (docs/math.md §5). A forward map
    :math:`F:` old → new-aligned space is fitted to :math:`\lVert F(h^{old}) - B_\perp(h^{new})\rVert^2`.
-   Trained backward maps start at the Procrustes solution (:attr:`DemoConfig.warm_start`): a path of
-   nearly orthogonal matrices cannot change the sign of :math:`\det A`, so from a random orthogonal start
-   training can stay in the wrong component of :math:`O(d)`.
+   Trained maps are default-constructed and handed to :func:`~relaxedortho.fit_alignment` with epochs, batch
+   size and (by default) the library's learning rate: training starts from the library's data-driven start
+   (:mod:`relaxedortho.training.initialization`: Procrustes for hard maps, the relaxed closed form at radius λ
+   or centred Procrustes for λ maps, least squares for affine maps).
 4. Retrieval (cosine similarity, CMC top-k and mAP, docs/math.md §7) is measured for old/old, new/old
    (unmapped; only when the widths agree), new/new, and per map :math:`B(new)/old` (query mapped,
    old gallery) and :math:`B(new)/B(new)` (both mapped). A map is *compatible* when
@@ -47,6 +48,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -56,6 +58,7 @@ from torch import nn
 from ._checks import check_device
 from .files import save_figure, writable_dir, write_json
 from .data import DATASETS, load_digits, load_fashion_mnist
+from .exceptions import ConvergenceWarning
 
 from .closed_form import fit_closed_form
 from .metrics import cmc, mean_average_precision
@@ -77,8 +80,12 @@ class DemoConfig:
     model_lr: float = 3e-3
     model_batch: int = 64
     map_epochs: int = 60
-    map_lr: float = 1e-2
+    #: learning rate of the trained maps; ``None``: the library's default (:func:`relaxedortho.training.default_lr`)
+    map_lr: float | None = None
     map_batch: int = 256
+    #: give the hard maps (closed-form and trained) a bias: Procrustes on centred data. Needed for embeddings
+    #: with a large common offset (the text encoders), where a bias-free orthogonal map cannot fit the means
+    hard_bias: bool = False
     train_fraction: float = 0.6     #: share of images for the models and the maps; the rest is split into query and gallery
     query_fraction: float = 0.3     #: share of the held-out images used as queries
     max_train: int | None = None    #: cap on training images (Fashion-MNIST)
@@ -86,8 +93,6 @@ class DemoConfig:
     lams: tuple = (0.0, 0.5, 1.0, 2.0, 4.0)
     band_eps: tuple = (0.05, 0.2, 0.5, 1.0, 3.0)
     band_steps: int = 200
-    #: start every trained backward map at the closed-form Procrustes map (else a random orthogonal matrix)
-    warm_start: bool = True
     old_classes: tuple = field(default_factory=tuple)
     #: text dataset: what makes a gallery document relevant to a query — ``"item"`` (its own package's
     #: description) or ``"section"`` (any package of its Debian section)
@@ -107,7 +112,7 @@ def scenario(dataset: str = "digits", *, quick: bool = False, new_width: int | N
         if new_width is not None:
             raise ValueError("new_width applies to the image datasets; the text encoders' widths are fixed "
                              "by the shipped embeddings")
-        cfg = DemoConfig(dataset="text", width=384, map_epochs=15, map_batch=256, band_steps=25)
+        cfg = DemoConfig(dataset="text", width=384, map_epochs=15, map_batch=256, band_steps=25, hard_bias=True)
     else:
         cfg = DemoConfig(dataset="fashion-mnist", width=64, hidden=192, model_epochs=5, model_batch=128,
                          map_epochs=10, map_batch=256, max_train=12000, max_eval=5000,
@@ -388,10 +393,19 @@ def _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
         prog.step(f"{name:<16} B(new)/old top-1 {entry['top1_to_old']:.3f}  B(new)/B(new) top-1 "
                   f"{entry['top1_self']:.3f}  ||G-I||_F {oe:.3g}")
 
+    runs: dict[int, dict] = {}
+
     def trained(module, seed_offset):
         torch.manual_seed(seed + seed_offset)
-        fit_alignment(module, H_new, H_old, epochs=cfg.map_epochs, batch_size=cfg.map_batch, lr=cfg.map_lr,
-                      progress=False)  # trains in place
+        # an unconverged run (e.g. --quick) is reported in the table and the report, not raised as a warning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            h = fit_alignment(module, H_new, H_old, epochs=cfg.map_epochs, batch_size=cfg.map_batch, lr=cfg.map_lr,
+                              progress=False)  # trains in place
+        for w in caught:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        runs[id(module)] = {"init": h.init["init"], "lr": h.lr, "epochs_run": h.epochs, "converged": h.converged}
         return module
 
     from .maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
@@ -400,22 +414,26 @@ def _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
     procrustes = fit_closed_form(H_new, H_old, kind="orthogonal").to(dev)
     record("procrustes", "closed_form", procrustes, time.perf_counter() - t, solver="closed form",
            constraint="orthogonal")
-    # warm start of every trained map: a near-orthogonal path cannot change the sign of det(A), so training
-    # from a random orthogonal start may stay in the wrong component of O(d) (seen on Fashion-MNIST)
-    w0 = procrustes.weight.detach().clone() if cfg.warm_start else "orthogonal"
+    if cfg.hard_bias:
+        t = time.perf_counter()
+        record("procrustes_centred", "closed_form", fit_closed_form(H_new, H_old, kind="centered").to(dev),
+               time.perf_counter() - t, solver="closed form", constraint="orthogonal, with bias")
+    # every trained map is default-constructed and starts from the library's data-driven start (init="auto")
     t = time.perf_counter()
     torch.manual_seed(seed + 1)
-    m = trained(OrthogonalLinear(new_w, cfg.width, bias=False, init=w0).to(dev), 1)
-    record("orthogonal", "orthogonal", m, time.perf_counter() - t, solver="trained", constraint="orthogonal")
+    m = trained(OrthogonalLinear(new_w, cfg.width, bias=cfg.hard_bias).to(dev), 1)
+    record("orthogonal", "orthogonal", m, time.perf_counter() - t, solver="trained", constraint="orthogonal",
+           **runs[id(m)])
     for i, lam in enumerate(cfg.lams):
         t = time.perf_counter()
         torch.manual_seed(seed + 10 + i)
-        m = trained(LambdaOrthoLinear(new_w, cfg.width, lam=float(lam), init=w0).to(dev), 10 + i)
-        record(f"lambda={lam:g}", "lambda", m, time.perf_counter() - t, lam=float(lam), solver="trained")
+        m = trained(LambdaOrthoLinear(new_w, cfg.width, lam=float(lam)).to(dev), 10 + i)
+        record(f"lambda={lam:g}", "lambda", m, time.perf_counter() - t, lam=float(lam), solver="trained",
+               **runs[id(m)])
     t = time.perf_counter()
     torch.manual_seed(seed + 2)
-    m = trained(AffineMap(new_w, cfg.width, init=w0).to(dev), 2)
-    record("affine", "affine", m, time.perf_counter() - t, solver="trained")  # λ = ∞
+    m = trained(AffineMap(new_w, cfg.width).to(dev), 2)
+    record("affine", "affine", m, time.perf_counter() - t, solver="trained", **runs[id(m)])  # λ = ∞
     t = time.perf_counter()
     record("least_squares", "closed_form", fit_closed_form(H_new, H_old, kind="affine").to(dev),
            time.perf_counter() - t, solver="closed form", constraint="none")
@@ -435,7 +453,7 @@ def _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
         target = B(H_new)
         BQ = B(Q_new)
     torch.manual_seed(seed + 3)
-    F_map = AffineMap(cfg.width, cfg.width, init="identity").to(dev)
+    F_map = AffineMap(cfg.width, cfg.width).to(dev)
     fit_alignment(F_map, H_old, target, epochs=cfg.map_epochs, batch_size=cfg.map_batch, lr=cfg.map_lr,
                   progress=False)
     with torch.no_grad():
@@ -471,7 +489,7 @@ def _maps_and_report(out, cfg, dev, seed, prog, t_start, about, new_w, ql, gl,
 # ----------------------------------------------------------------------------------------------- output
 def _spectrum_rows(report: dict) -> list[tuple[str, dict]]:
     maps = report["maps"]
-    order = (["procrustes", "orthogonal"] + [k for k in maps if maps[k]["kind"] == "lambda"]
+    order = (["procrustes", "procrustes_centred", "orthogonal"] + [k for k in maps if maps[k]["kind"] == "lambda"]
              + ["affine", "least_squares"] + [k for k in maps if k.startswith("band")])
     return [(k, maps[k]) for k in order if k in maps]
 
@@ -522,26 +540,30 @@ def format_table(report: dict) -> str:
                   f"new model: {report['new_model']} ({report['new_width']}-d)",
                   f"corpus: {report['corpus']}; relevance: {report['relevance']}"]
     lines.append("")
-    head = f"{'query/gallery':<40}{'top-1':>7}{'mAP':>7}   {'B(new)/B(new)':>13}{'mAP':>7}{'‖G−I‖_F':>9}" \
+    head = f"{'query/gallery':<44}{'top-1':>7}{'mAP':>7}   {'B(new)/B(new)':>13}{'mAP':>7}{'‖G−I‖_F':>9}" \
            f"{'fit MSE':>9}  compatible"
     lines.append(head)
     lines.append("-" * len(head))
-    lines.append(f"{'old/old':<40}{_fmt(b['old_old']['top1'])}{_fmt(b['old_old']['map'])}")
+    lines.append(f"{'old/old':<44}{_fmt(b['old_old']['top1'])}{_fmt(b['old_old']['map'])}")
     no = b["new_old"]
-    lines.append(f"{'new/old (unmapped)':<40}{_fmt(no['top1'])}{_fmt(no['map'])}"
+    lines.append(f"{'new/old (unmapped)':<44}{_fmt(no['top1'])}{_fmt(no['map'])}"
                  + ("" if no.get("applicable", True) else "   not applicable: widths differ"))
-    lines.append(f"{'new/new':<40}{_fmt(b['new_new']['top1'])}{_fmt(b['new_new']['map'])}")
+    lines.append(f"{'new/new':<44}{_fmt(b['new_new']['top1'])}{_fmt(b['new_new']['map'])}")
     lines.append("")
     for name, e in _spectrum_rows(report):
         label = f"B(new)/old {name} [{e['kind']}]"
         oe = e["orthogonality_error"]
-        lines.append(f"{label:<40}{_fmt(e['top1_to_old'])}{_fmt(e['map_to_old'])}   {_fmt(e['top1_self'], 13)}"
+        lines.append(f"{label:<44}{_fmt(e['top1_to_old'])}{_fmt(e['map_to_old'])}   {_fmt(e['top1_self'], 13)}"
                      f"{_fmt(e['map_self'])}{oe:>9.3g}{e['fit_mse_train']:>9.4f}  "
-                     f"{'yes' if e['compatible'] else 'no'}")
+                     f"{'yes' if e['compatible'] else 'no'}" + ("  (not converged)" if e.get("converged") is False
+                                                                 else ""))
     f = report.get("forward")
     if f:
         lines.append("")
-        lines.append(f"{'B_orth(new)/F(old) forward':<40}{_fmt(f['top1'])}{_fmt(f['map'])}")
+        lines.append(f"{'B_orth(new)/F(old) forward':<44}{_fmt(f['top1'])}{_fmt(f['map'])}")
     lines.append("")
     lines.append("compatible: B(new)/old beats old/old on both CMC top-1 and mAP (Shen et al. 2020).")
+    if any(e.get("converged") is False for _, e in _spectrum_rows(report)):
+        lines.append("not converged: the training loss still fell by more than tol over the last epoch (more "
+                     "epochs would fit better).")
     return "\n".join(lines)

@@ -10,7 +10,8 @@ __all__ = ["ConvergenceWarning"]
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped before reaching its tolerance (at ``max_iter``, or stalled without
-    progress); the result is the best point found, not the optimum. The message names the solver, the reason
+    progress), or training ended with its loss still falling (:class:`~relaxedortho.training.Trainer`'s ``tol``);
+    the result is the best point found, not the optimum. The message names the solver, the reason
     and what to change (``max_iter``, ``tol``); filter with ``warnings.simplefilter("error", ConvergenceWarning)``
     to make it an error.
 

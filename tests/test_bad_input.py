@@ -551,6 +551,19 @@ row(training.fit_alignment, lambda f: fa(resume=True), ValueError, "checkpoint",
 row(training.fit_alignment, lambda f: fa(checkpoint=f.p("ckpt_trunc.pt"), resume=True), ValueError, "truncated",
     "fit_alignment-resume-truncated-checkpoint")
 row(training.fit_alignment, lambda f: fa(callbacks=print), TypeError, "callbacks", "fit_alignment-callbacks-function")
+row(training.fit_alignment, lambda f: fa(init="random"), ValueError, "init must be one of", "fit_alignment-bad-init")
+row(training.fit_alignment, lambda f: fa(tol=-1e-4), ValueError, "tol", "fit_alignment-negative-tol")
+row(training.fit_alignment, lambda f: fa(tol_patience=0), ValueError, "tol_patience", "fit_alignment-zero-patience")
+row(training.fit_alignment, lambda f: fa(warmup=-1), ValueError, "warmup", "fit_alignment-negative-warmup")
+row(training.initialize_map, lambda f: training.initialize_map(ro.AffineMap(4, 4), X, Y, init="random"), ValueError,
+    "init must be one of", "initialize_map-bad-init")
+row(training.initialize_map, lambda f: training.initialize_map("map", X, Y), TypeError, "module",
+    "initialize_map-not-a-module")
+row(training.initialize_map, lambda f: training.initialize_map(ro.AffineMap(4, 4), X, Y3), ValueError,
+    "out_features", "initialize_map-width-mismatch")
+row(training.initialize_map, lambda f: training.initialize_map(ro.OrthogonalLinear(4, 4), X_NAN, Y), ValueError,
+    "NaN", "initialize_map-nan")
+row(training.default_lr, lambda f: training.default_lr("map"), TypeError, "module", "default_lr-not-a-module")
 row(training.fit_alignment, lambda f: fa(divergence_factor=0.5), ValueError, "divergence_factor",
     "fit_alignment-divergence-factor-below-1")
 row(training.fit_alignment, lambda f: fa(drop_last=True, batch_size=64), ValueError, "no complete batch",
@@ -650,6 +663,7 @@ def sw(**kw):
 
 
 row(training.lambda_sweep, lambda f: sw(lams=[-1.0]), ValueError, "lams[0]", "lambda_sweep-negative-lam")
+row(training.lambda_sweep, lambda f: sw(init="identity"), ValueError, "init must be one of", "lambda_sweep-bad-init")
 row(training.lambda_sweep, lambda f: sw(lams=1.0), TypeError, "lams must be a sequence", "lambda_sweep-lams-float")
 row(training.lambda_sweep, lambda f: sw(lams=[], ends=False), ValueError, "nothing to sweep", "lambda_sweep-empty")
 row(training.lambda_sweep, lambda f: sw(holdout=1.0), ValueError, "holdout", "lambda_sweep-holdout-1")

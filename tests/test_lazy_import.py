@@ -64,14 +64,20 @@ ro.save(ro.LambdaOrthoLinear(6, 4), {path!r}); ro.load({path!r})
     assert _fresh(code) == []
 
 
-def test_training_plain_maps_loads_neither_geoopt_nor_scipy_optimize():
+@pytest.mark.parametrize("init, heavy", [
+    ("module", ["geoopt", "sklearn", "matplotlib", "scipy.optimize"]),
+    # the default start of a λ map is the relaxed closed form, whose Frobenius-ball projection uses
+    # scipy.optimize.brentq: that import is the cost of the start (docs/training.md)
+    ("auto", ["geoopt", "sklearn", "matplotlib"]),
+])
+def test_training_plain_maps_loads_neither_geoopt_nor_scipy_optimize(init, heavy):
     # torch.optim imports torch._dynamo itself (Optimizer.add_param_group is wrapped in torch._disable_dynamo)
-    code = """
+    code = f"""
 import torch, relaxedortho as ro
 x = torch.randn(64, 6)
 for m in (ro.LambdaOrthoLinear(6, 4, lam=0.5), ro.OrthogonalLinear(6, 6), ro.OrthogonalLinear(6, 4), ro.AffineMap(6, 4)):
-    ro.fit_alignment(m, x, x[:, :m.out_features], epochs=1, batch_size=32, progress=False)
-""" + LOADED.format(heavy=["geoopt", "sklearn", "matplotlib", "scipy.optimize"])
+    ro.fit_alignment(m, x, x[:, :m.out_features], epochs=1, batch_size=32, progress=False, init={init!r}, tol=None)
+""" + LOADED.format(heavy=heavy)
     assert _fresh(code) == []
 
 

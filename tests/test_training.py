@@ -14,7 +14,7 @@ from relaxedortho.training import (NonFiniteLossError, Trainer, fit_alignment, l
                                    parameter_groups)
 from relaxedortho.training.data import RowArray, epoch_order
 
-FAST = dict(progress=False, device="cpu")
+FAST = dict(progress=False, device="cpu", init="module", tol=None)  # the mechanics, from the module's own start
 
 
 def planted(n=512, p=8, q=6, seed=0, noise=0.0, orthogonal=False, dtype=torch.float32):

@@ -95,7 +95,8 @@ def _maps(ext, cfg, baselines, methods, log, seed) -> None:
     B = LambdaOrthoLinear(cfg.new_width, cfg.old_width, lam=cfg.lam, init=B0.weight.detach().clone()).to(ext.device)
     Fm = AffineMap(cfg.old_width, cfg.old_width, init="identity").to(ext.device)
     fit_pair(B, Fm, ext.train_new, ext.train_old, ext.train_labels, epochs=cfg.map_epochs, batch_size=cfg.map_batch,
-             lr=cfg.map_lr, progress=False, seed=seed + 1)
+             lr=cfg.map_lr, progress=False, seed=seed + 1,
+             init="module", tol=None, warmup=0)  # the protocol's own start and fixed schedule (docs/compat.md)
     B.eval()
     Fm.eval()
     with torch.no_grad():

@@ -21,6 +21,21 @@ class TrainHistory:
         best_metric: that metric, or ``None``.
         initial_loss: the loss of the first step (the untrained map on the first batch), the reference of
             the trainer's divergence check; ``None`` before the first step.
+        loss_step_std: per epoch, the fluctuation of one step's loss, estimated from the step-to-step changes
+            (:math:`\\sqrt{\\sum (l_{i+1} - l_i)^2 / 2m}`, insensitive to the trend); the standard error of the
+            epoch's mean is this over :math:`\\sqrt{\\text{steps\\_per\\_epoch}}`.
+        relative_change: per epoch, the relative decrease of the mean loss from the previous epoch (from the
+            initial loss for the first), :math:`(\\mathcal L_{e-1} - \\mathcal L_e)/|\\mathcal L_{e-1}|`.
+        steps_per_epoch: optimizer steps per epoch.
+        converged: whether the last epoch's decrease was within the trainer's ``tol`` (or within noise);
+            ``None`` when the rule is off (``tol=None``).
+        stop_reason: ``"converged"`` (the stopping rule on ``tol``), ``"early_stopping"`` (validation) or
+            ``"epochs"`` (all epochs run).
+        tol: the trainer's convergence tolerance (``None``: off).
+        lr: the learning rate used (the default's value when none was given; ``None`` with a user optimizer).
+        init: the start: ``{"init": name, "seconds": s, ...}`` from
+            :func:`~relaxedortho.training.initialization.initialize_map` (``None`` when resumed from a checkpoint
+            written before this record existed).
     """
 
     loss: list[float] = field(default_factory=list)
@@ -34,6 +49,14 @@ class TrainHistory:
     best_epoch: int | None = None
     best_metric: float | None = None
     initial_loss: float | None = None
+    loss_step_std: list[float] = field(default_factory=list)
+    relative_change: list[float] = field(default_factory=list)
+    steps_per_epoch: int = 0
+    converged: bool | None = None
+    stop_reason: str | None = None
+    tol: float | None = None
+    lr: float | None = None
+    init: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

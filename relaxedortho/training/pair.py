@@ -29,6 +29,7 @@ from .._checks import check_nonnegative, check_positive
 from .data import RowArray
 from .distributed import gather_with_grad
 from .history import TrainHistory
+from .initialization import initialize_map
 from .trainer import Trainer
 
 
@@ -112,6 +113,26 @@ class PairTrainer(Trainer):
             if size is not None and arr.dim != size:
                 raise ValueError(f"{arr.name} has {arr.dim} features but {name}.{attr} = {size}")
 
+    def initialize(self, arrays: list[RowArray]) -> dict:
+        """The data-driven start of both maps (``init``; :func:`~relaxedortho.training.initialization.initialize_map`):
+        B from ``(h_new, h_old)``, then F from ``(h_old, B(h_new))`` (B's start applied chunk by chunk, so large
+        or memory-mapped data are streamed). Returns ``{"backward": record, "forward": record, "init": ...}``."""
+        new, old = arrays[0], arrays[1]
+        back = initialize_map(self.module.backward_map, new.data, old.data, init=self.init)
+        b_map = self.module.backward_map
+        dev, dtype = self.device, self._dtype
+
+        def chunks():
+            step = max(1, (1 << 22) // max(new.dim, old.dim))
+            with torch.no_grad():
+                for lo in range(0, len(new), step):
+                    yield (old.rows(slice(lo, lo + step), dev, dtype),
+                           b_map(new.rows(slice(lo, lo + step), dev, dtype)).to(dtype))
+
+        fwd = initialize_map(self.module.forward_map, chunks(), None, init=self.init)
+        return {"init": f"backward: {back['init']}, forward: {fwd['init']}", "backward": back, "forward": fwd,
+                "seconds": back["seconds"] + fwd["seconds"]}
+
     def fit(self, new_features: Any, old_features: Any, labels: Any = None) -> TrainHistory:
         """Train B and F on paired new/old features (and class labels for the supervised contrastive term)."""
         spec = self._losses_spec if self._losses_spec is not None else _default_losses()
@@ -145,10 +166,14 @@ class PairTrainer(Trainer):
 
 
 def fit_pair(backward_map: nn.Module, forward_map: nn.Module, new_features: Any, old_features: Any,
-             labels: Any = None, *, epochs: int, batch_size: int, lr: float = 1e-3, **options: Any) -> TrainHistory:
+             labels: Any = None, *, epochs: int, batch_size: int, lr: float | None = None, init: str = "auto",
+             **options: Any) -> TrainHistory:
     r"""Train the B/F pair of backward-compatible alignment (:class:`PairTrainer`) and return its history.
 
-    Objective :math:`w_1 L_F + w_2 L_B + w_3 L_C + L_\lambda` (arXiv 2509.16664, Sec. 3; Adam at lr 1e-3 there).
+    Objective :math:`w_1 L_F + w_2 L_B + w_3 L_C + L_\lambda` (arXiv 2509.16664, Sec. 3; Adam at lr 1e-3 there;
+    default here :func:`~relaxedortho.training.learning_rate.default_lr` of the wider map). ``init="auto"``
+    (default) starts B and F from the closed forms of their constraints (:meth:`PairTrainer.initialize`), which
+    minimise :math:`L_B` and :math:`L_F`; ``"module"`` keeps the maps' own weights.
     """
-    return PairTrainer(backward_map, forward_map, epochs=epochs, batch_size=batch_size, lr=lr,
+    return PairTrainer(backward_map, forward_map, epochs=epochs, batch_size=batch_size, lr=lr, init=init,
                        **options).fit(new_features, old_features, labels)

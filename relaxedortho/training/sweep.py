@@ -11,6 +11,9 @@ Reproduces the kind of table and plot of Ricci et al. (NeurIPS 2025, arXiv 2509.
 - ``orthogonality_error``: :math:`\lVert G - I\rVert_F` of the trained map;
 - ``metric``: ``metric(mapped, target, labels)`` when a metric is given (or, with ``labels``, the default
   CMC top-1 of :func:`~relaxedortho.training.trainer.default_retrieval_metric`).
+
+Each row also records, outside :data:`COLUMNS`, the map's start (``init``: the name of the data-driven start or
+``"warm start"``), ``converged`` and ``epochs_run`` from its :class:`~relaxedortho.training.TrainHistory`.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 from .._checks import as_float_tensor, check_nonnegative
 from .data import RowArray, check_same_length
+from .initialization import check_init
 from .precision import resolve_device
 from .trainer import default_retrieval_metric, fit_alignment
 
@@ -107,15 +111,24 @@ def _split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int = 50, batch_size: int = 256,
-                 lr: float = 1e-3, bias: bool = True, alpha: float | None = None, holdout: float = 0.2,
+                 lr: float | None = None, bias: bool = True, alpha: float | None = None, holdout: float = 0.2,
                  labels: Any = None, metric: Callable | None = None, ends: bool = True, seed: int = 0,
-                 device: Any = "auto", progress: bool = False, **fit_options: Any) -> SweepTable:
+                 device: Any = "auto", progress: bool = False, init: str = "auto", warm_start: bool = True,
+                 **fit_options: Any) -> SweepTable:
     r"""Fit :class:`~relaxedortho.LambdaOrthoLinear` for each λ in ``lams`` (and, with ``ends``, the orthogonal
     :class:`~relaxedortho.OrthogonalLinear` and the affine :class:`~relaxedortho.AffineMap`) and tabulate.
 
     Every map is trained by :func:`~relaxedortho.fit_alignment` with the same data, seed, epochs, batch size
-    and lr, from the same seeded initialisation, on the training rows; the table's columns are evaluated on the
-    ``holdout`` share of rows (module documentation). Returns a :class:`SweepTable` ordered ⊥, λs ascending, ∞.
+    and lr on the training rows; the table's columns are evaluated on the ``holdout`` share of rows (module
+    documentation). Returns a :class:`SweepTable` ordered ⊥, λs ascending, ∞.
+
+    Starts. The orthogonal and affine ends and the smallest λ start from the data (``init``, default
+    ``"auto"``: Procrustes, least squares and the relaxed closed form at that λ; see
+    :mod:`relaxedortho.training.initialization`). With ``warm_start`` (default) every larger λ starts from the
+    trained map of the previous λ (a continuation path, ``init="module"`` for it): that map lies in the
+    larger λ's ball, so the larger λ starts where the smaller one ended and the sweep's maps are nested the way
+    the trade-off assumes — the training fit does not get worse as λ grows and the geometry is not regained,
+    up to the noise of stochastic training. ``warm_start=False`` starts every λ from the data independently.
 
     Args:
         source, target: paired features ``n x p`` and ``n x q`` (tensors, arrays or memory maps — the sweep
@@ -124,11 +137,15 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
         alpha: sigmoid steepness of the λ-maps (default the map's default).
         labels: class labels of the rows for the default retrieval metric (CMC top-1 of mapped source vs
             target); ``metric`` overrides it.
-        **fit_options: passed to :func:`~relaxedortho.fit_alignment` (``amp``, ``clip_grad_norm``, ...).
+        lr: learning rate (default: :func:`~relaxedortho.training.learning_rate.default_lr` of the maps).
+        init: the start of the maps that do not warm-start (see above).
+        warm_start: start each λ > the smallest from the previous λ's trained map.
+        **fit_options: passed to :func:`~relaxedortho.fit_alignment` (``amp``, ``clip_grad_norm``, ``tol``, ...).
     """
     from ..maps import AffineMap, LambdaOrthoLinear, OrthogonalLinear
 
     device = resolve_device(device)  # before any data is read
+    check_init(init)
     if isinstance(lams, (str, bytes)) or not hasattr(lams, "__iter__"):
         raise TypeError(f"lams must be a sequence of λ values, got {type(lams).__name__} {lams!r} (wrap one value in "
                         f"a list)")
@@ -165,11 +182,18 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
         specs.append(("affine", math.inf, lambda: AffineMap(p, q, bias=bias)))
 
     table = SweepTable()
+    previous = None  # the last trained λ map (warm start of the next λ)
     for kind, lam, build in specs:
         torch.manual_seed(seed)
         module = build()
-        fit_alignment(module, Xtr, Ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      progress=progress, **fit_options)
+        start = init
+        if kind == "lambda" and warm_start and previous is not None:
+            module.load_matrix_(previous.weight.detach(), None if previous.bias is None else previous.bias.detach())
+            start = "module"
+        h = fit_alignment(module, Xtr, Ytr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                          progress=progress, init=start, **fit_options)
+        if kind == "lambda":
+            previous = module
         dev = next(module.parameters()).device
         with torch.no_grad():
             mapped = module(Xev.to(dev)).float()
@@ -177,7 +201,9 @@ def lambda_sweep(source: Any, target: Any, lams: Sequence[float], *, epochs: int
         row = {"map": kind, "lam": lam, "fit_mse": float(torch.nn.functional.mse_loss(mapped, yev)),
                "geometry": neighbour_agreement(Xev.to(dev), mapped),
                "orthogonality_error": float(module.orthogonality_error()),
-               "metric": float(metric(mapped, yev, None if Lev is None else Lev.to(dev))) if metric else math.nan}
+               "metric": float(metric(mapped, yev, None if Lev is None else Lev.to(dev))) if metric else math.nan,
+               "init": "warm start" if start == "module" and init != "module" else h.init["init"],
+               "converged": h.converged, "epochs_run": h.epochs}
         table.rows.append(row)
     return table
 

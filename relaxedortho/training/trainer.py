@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,7 +35,10 @@ from ..maps.optimizer_hooks import register_hard_maps
 from .checkpoint import load_checkpoint, load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 from .data import RowArray, check_same_length, epoch_order
 from .distributed import is_distributed, rank_and_world, shard
+from ..exceptions import ConvergenceWarning
 from .history import TrainHistory
+from .initialization import check_init, initialize_map
+from .learning_rate import default_lr
 from .optimizers import make_optimizer
 from .precision import resolve_device, resolve_precision
 
@@ -43,6 +47,15 @@ HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_validation_end",
 
 #: Default of ``divergence_factor``: a run whose last epoch ends above this multiple of the initial loss failed.
 DIVERGENCE_FACTOR = 10.0
+
+#: Share of the targets' variance below which the initial loss is floored in the divergence check.
+DIVERGENCE_VARIANCE_SHARE = 1e-2
+
+#: Default of ``warmup``: steps of linear learning-rate warm-up of the default optimizer.
+DEFAULT_WARMUP = 100
+
+#: Default of ``tol``: the relative decrease of the epoch's mean loss below which an epoch counts as converged.
+DEFAULT_TOL = 1e-4
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,7 +111,32 @@ class Trainer:
         epochs: passes over the data.
         batch_size: rows per optimizer step (the *global* batch under DDP; each process trains on its share).
         lr: learning rate of Adam (manifold parameters get :func:`relaxedortho.riemannian_lr`; see
-            :func:`~relaxedortho.training.make_optimizer`).
+            :func:`~relaxedortho.training.make_optimizer`). Default ``None``: :func:`default_lr` of the map (a
+            small angle per step for near-orthogonal weights, scaled with the width; recorded as
+            ``history.lr``).
+        init: the start (:mod:`relaxedortho.training.initialization`): ``"auto"`` (default: the closed-form
+            solution of the map's own constraint from the training data — Procrustes of the right kind for hard
+            maps, the relaxed closed form at radius λ for λ maps, least squares for affine maps), ``"procrustes"``
+            (the cheap start for every map) or ``"module"`` (the module's own weight). Which start was used, and
+            its cost, is recorded as ``history.init``. Skipped when resuming from a checkpoint.
+        tol: convergence tolerance on the relative decrease of the epoch's mean loss,
+            :math:`r_e = (\mathcal L_{e-1} - \mathcal L_e)/|\mathcal L_{e-1}|` (recorded as
+            ``history.relative_change``; every epoch visits the same rows, so two epoch means differ by the change
+            of the map, not by the batches). :math:`\mathcal L_{-1}` is the initial loss, one batch: the first
+            epoch must also fall by more than twice one step's fluctuation. An epoch with :math:`r_e \le` ``tol``
+            (a rise included) is converged. Training stops (``history.stop_reason = "converged"``) after
+            ``tol_patience`` consecutive converged epochs. When it runs out of epochs with each of the last
+            ``tol_patience`` epochs still falling by more than ``tol``, it warns with
+            :class:`~relaxedortho.ConvergenceWarning` and ``history.converged`` is ``False`` (one fall after a
+            rise is the noise of a converged run, not a descent). Default 1e-4; ``None`` turns the rule and the
+            warning off (``converged`` is then ``None``).
+        tol_patience: consecutive converged epochs before stopping (default 2).
+        warmup: steps of linear learning-rate warm-up of the default optimizer (step k uses
+            :math:`\mathrm{lr}\cdot\min(1, k/\text{warmup})`; default 100; 0 turns it off; a user's optimizer
+            is never changed). Adam's first steps move every entry by the full lr whatever the gradient (its
+            moment estimates start from one sample), which at a data-driven start that already fits the data
+            is pure damage: on an 8-d planted map it raised the loss 30-fold in the first epoch without
+            warm-up, not at all with it.
         optimizer: ``None`` (the right Adam per map), a :class:`torch.optim.Optimizer` over the module's
             parameters, or a callable ``module -> Optimizer`` (e.g. ``lambda m: torch.optim.SGD(m.parameters(),
             lr=0.1)``); an optimizer that holds none of the module's parameters is refused.
@@ -134,7 +172,9 @@ class Trainer:
             raised at the end when the last epoch's mean loss exceeds ``divergence_factor`` times the initial
             loss :math:`\mathcal L_0`, the loss of the first step (the untrained map on the first batch,
             recorded as ``history.initial_loss``; floored at :math:`\varepsilon_\text{dtype}` times the mean
-            square of that batch's targets, so that a perfect initial fit cannot trip it on rounding noise).
+            square of that batch's targets, so that a perfect initial fit cannot trip it on rounding noise, and
+            at 1 % of their variance (:data:`DIVERGENCE_VARIANCE_SHARE`), so that the near-exact fit of a
+            data-driven start cannot trip it on the step noise of a stochastic optimizer).
             Default 10 (a healthy run ends well below :math:`\mathcal L_0`); ``None`` turns the check off.
             With very small batches :math:`\mathcal L_0` is a noisy estimate: raise the factor there. With
             early stopping and ``restore_best``, the restored epoch's loss is the one compared.
@@ -160,7 +200,7 @@ class Trainer:
     #: how many of them are features (the rest are integer labels)
     num_features: int = 2
 
-    def __init__(self, module: nn.Module, *, epochs: int, batch_size: int, lr: float = 1e-3,
+    def __init__(self, module: nn.Module, *, epochs: int, batch_size: int, lr: float | None = None,
                  optimizer: Any = None, loss_fn: Callable | None = None, regularizer_weight: float = 1.0,
                  weight_decay: float = 0.0, device: Any = "auto", amp: Any = None,
                  clip_grad_norm: float | None = None, shuffle: bool = True, drop_last: bool = False,
@@ -169,13 +209,21 @@ class Trainer:
                  early_stopping: int | None = None, min_delta: float = 0.0, restore_best: bool = True,
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                  resume: bool = False, check_finite: bool = True, preload: bool = True,
-                 callbacks: Sequence[Any] = (), divergence_factor: float | None = DIVERGENCE_FACTOR) -> None:
+                 callbacks: Sequence[Any] = (), divergence_factor: float | None = DIVERGENCE_FACTOR,
+                 init: str = "auto", tol: float | None = DEFAULT_TOL, tol_patience: int = 2,
+                 warmup: int = DEFAULT_WARMUP) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.module = module
         self.epochs = _positive_int(epochs, "epochs")
         self.batch_size = _positive_int(batch_size, "batch_size")
-        self.lr = check_positive(lr, "lr") if optimizer is None else lr
+        self.lr = check_positive(lr, "lr") if optimizer is None and lr is not None else lr
+        self.init = check_init(init)
+        self.tol = None if tol is None else check_nonnegative(tol, "tol")
+        self.tol_patience = _positive_int(tol_patience, "tol_patience")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative integer (steps), got {warmup!r}")
+        self.warmup = warmup
         if not (optimizer is None or isinstance(optimizer, torch.optim.Optimizer)
                 or (callable(optimizer) and not isinstance(optimizer, type))):
             what = (f"the class {optimizer.__name__} (pass an instance, or a callable module -> Optimizer)"
@@ -260,6 +308,11 @@ class Trainer:
         labels = arrays[2].all_rows(self.device, None) if len(arrays) > 2 else None
         return self._map_rows(self.module, src), tgt.all_rows(self.device, torch.float32), labels
 
+    def initialize(self, arrays: list[RowArray]) -> dict:
+        """Start the module from the training data (``init``; :func:`~relaxedortho.training.initialization.initialize_map`)
+        and return the record kept as ``history.init``."""
+        return initialize_map(self.module, arrays[0].data, arrays[1].data, init=self.init)
+
     def orthogonality_error(self) -> float:
         """The diagnostic recorded per epoch (NaN when the module has none)."""
         fn = getattr(self.module, "orthogonality_error", None)
@@ -322,7 +375,7 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         spec = self.optimizer_spec
         if spec is None:
-            return make_optimizer(self.module, self.lr, weight_decay=self.weight_decay)
+            return make_optimizer(self.module, self._lr, weight_decay=self.weight_decay)
         opt = spec if isinstance(spec, torch.optim.Optimizer) else spec(self.module)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"the optimizer callable must return a torch.optim.Optimizer, got {type(opt).__name__}")
@@ -345,9 +398,13 @@ class Trainer:
                     f"the data (e.g. divide source and target by a common scale) or train the map in float64")
 
     def _loss_floor(self, arrays: list[RowArray]) -> float:
-        """Rounding level of the loss: ``eps(dtype) * mean(target**2)`` over the rows of the first batch."""
+        """Floor of the divergence check's reference loss, over the rows of the first batch: the rounding level
+        ``eps(dtype) * mean(target**2)``, and :data:`DIVERGENCE_VARIANCE_SHARE` of the targets' variance (a
+        start that fits the data almost exactly, such as the data-driven one, is not the scale of divergence)."""
         target = arrays[1].rows(slice(0, self.batch_size), torch.device("cpu"), torch.float64)
-        return torch.finfo(self._dtype).eps * float((target * target).mean())
+        variance = float(target.var(dim=0, unbiased=False).mean()) if target.shape[0] > 1 else 0.0
+        return max(torch.finfo(self._dtype).eps * float((target * target).mean()),
+                   DIVERGENCE_VARIANCE_SHARE * variance)
 
     def _check_divergence(self, early: dict, floor: float) -> None:
         """Raise :class:`TrainingDivergedError` when the compared epoch ends above ``divergence_factor`` times
@@ -359,7 +416,7 @@ class Trainer:
         epoch = early["best_epoch"] if restored else len(h.loss) - 1
         final, start = h.loss[epoch], max(h.initial_loss, floor)
         if start > 0 and final > self.divergence_factor * start:  # start 0: all-zero targets fitted exactly
-            lr = f"now {self.lr:g}; " if self.optimizer_spec is None else ""
+            lr = f"now {self._lr:g}; " if self.optimizer_spec is None else ""
             raise TrainingDivergedError(
                 f"training diverged: the mean loss of epoch {epoch + 1} ({final:.4g}) is {final / start:.3g} times "
                 f"the initial loss ({h.initial_loss:.4g}, the untrained map on the first batch), above "
@@ -426,7 +483,6 @@ class Trainer:
                                                  else None)
         else:
             self.model = self.module
-        self.optimizer = self._make_optimizer()
         self.scaler = self.precision.grad_scaler()
         B = self.batch_size
         steps_per_epoch = n // B if self.drop_last else math.ceil(n / B)
@@ -435,18 +491,30 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ValueError(f"no complete batch: {n} rows with batch_size={B} and drop_last=True")
         self._check_scale(arrays)
+        resuming = self.resume and os.path.exists(self.checkpoint)
+        if not resuming:
+            self.history.init = self.initialize(arrays)
+        self._lr = self.lr if self.lr is not None or self.optimizer_spec is not None else default_lr(self.module)
+        self.history.lr = self._lr
+        self.history.tol = self.tol
         fingerprint = self._fingerprint(n, world)
+        self.optimizer = self._make_optimizer()
+        warmup = self.warmup if self.optimizer_spec is None else 0
+        warm = 1.0  # the warm-up factor now applied to the groups' learning rates
         # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
         self._pending: tuple[list, list] = ([], [])
-        acc = [0.0, 0.0]  # this epoch's sums of the flushed losses and regularizers (over processes)
+        # this epoch's sums of the flushed losses and regularizers (over processes), and of the squared
+        # step-to-step changes of the loss, their count and the last step's loss (the noise of the epoch mean)
+        acc = _new_acc()
         early = {"best": None, "best_epoch": None, "bad": 0, "best_state": None}
         start_epoch, start_batch = 0, 0
         self.step = 0
         self._last_good_step = None
-        if self.resume and os.path.exists(self.checkpoint):
+        if resuming:
             state = self._load(fingerprint)
             start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-            acc = [float(v) for v in state["acc"]]
+            acc = [float(v) for v in state["acc"]] + _new_acc()[len(state["acc"]):]
+            warm = min(1.0, self.step / warmup) if warmup and self.step else 1.0  # in the loaded lrs
             early = state["early"]
         floor = self._loss_floor(arrays) if self.divergence_factor is not None else 0.0
         order_device = arrays[0].data.device if not arrays[0].memmap else torch.device("cpu")
@@ -474,6 +542,11 @@ class Trainer:
                     self.shard_scale = n_local * world / (hi - lo)
                     batch = [a.rows(index, device, self._dtype) for a in arrays]
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.step < warmup or warm != 1.0:  # rescales: an lr set by a callback is kept
+                        factor = min(1.0, (self.step + 1) / warmup)
+                        for g in self.optimizer.param_groups:
+                            g["lr"] = g["lr"] * (factor / warm)
+                        warm = factor
                     with self.precision.autocast():
                         loss = self.compute_loss(batch)
                     reg = self.regularizer()
@@ -513,16 +586,26 @@ class Trainer:
                 logs = {"loss": acc[0] / done / world, "regularizer": acc[1] / done / world,
                         "orthogonality_error": self.orthogonality_error()}
                 self.history.loss.append(logs["loss"])
+                self.history.steps_per_epoch = done
+                self.history.loss_step_std.append(math.sqrt(acc[2] / (2 * acc[3])) if acc[3] else 0.0)
+                self.history.relative_change.append(_relative_decrease(self.history, epoch))
                 self.history.regularizer.append(logs["regularizer"])
                 self.history.orthogonality_error.append(logs["orthogonality_error"])
                 self.history.epochs = epoch + 1
                 self.history.steps = self.step
-                acc = [0.0, 0.0]
+                acc = _new_acc()
                 if val is not None and (epoch + 1) % self.val_every == 0:
                     stopped = self._validate(epoch, val, metric_fn, early, logs)
                 self._call("on_epoch_end", epoch, logs)
                 if stopped:
                     self.history.stopped_early = True
+                    self.history.stop_reason = "early_stopping"
+                    break
+                if self.tol is not None and epoch + 1 >= self.tol_patience and not any(
+                        _still_falling(self.history, e, self.tol)
+                        for e in range(epoch + 1 - self.tol_patience, epoch + 1)):
+                    stopped = True
+                    self.history.stop_reason = "converged"
                     break
         finally:
             if pbar is not None:
@@ -530,10 +613,30 @@ class Trainer:
         if val is not None and early["best_state"] is not None and self.restore_best and self.early_stopping:
             self.module.load_state_dict(early["best_state"])
         self._check_divergence(early, floor)
+        self._check_convergence()
         if self.checkpoint is not None:
             self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
         self._call("on_train_end", self.history)
         return self.history
+
+    def _check_convergence(self) -> None:
+        """Record ``converged`` and ``stop_reason``; warn when the run ended with the loss still falling."""
+        h = self.history
+        if h.stop_reason is None:
+            h.stop_reason = "epochs"
+        if self.tol is None or not h.loss:
+            return
+        falling = _consistently_falling(h, self.tol, self.tol_patience)
+        h.converged = not falling
+        if falling and h.stop_reason == "epochs":
+            lr = f" (now {self._lr:g})" if self.optimizer_spec is None else ""
+            before = h.loss[-2] if len(h.loss) > 1 else h.initial_loss
+            warnings.warn(
+                f"training did not converge: the mean loss fell by more than tol={self.tol:g} (relative) in each of "
+                f"the last {min(self.tol_patience, len(h.loss))} epoch(s), by {100 * h.relative_change[-1]:.3g}% in "
+                f"the last ({before:.6g} -> {h.loss[-1]:.6g}); train more epochs or use a larger lr{lr}"
+                + (", or start from the data (init='auto')" if self.init == "module" else "")
+                + "; pass tol=None to accept the result", ConvergenceWarning, stacklevel=4)
 
     def _module_has_regularizer(self) -> bool:
         from ..maps.base import AlignmentMap
@@ -562,6 +665,10 @@ class Trainer:
                 self._pending = ([], [])
                 self._non_finite(first_step + i)
             acc[0] += v
+            if math.isfinite(acc[4]):
+                acc[2] += (v - acc[4]) ** 2 / rank_and_world()[1] ** 2
+                acc[3] += 1
+            acc[4] = v
         for v in vals[k:]:
             acc[1] += v
         self._pending = ([], [])
@@ -604,13 +711,45 @@ class Trainer:
         return self.early_stopping is not None and early["bad"] >= self.early_stopping
 
 
-def fit_alignment(module: nn.Module, source: Any, target: Any, *, epochs: int, batch_size: int, lr: float = 1e-3,
-                  **options: Any) -> TrainHistory:
+def _new_acc() -> list[float]:
+    return [0.0, 0.0, 0.0, 0.0, math.nan]
+
+
+def _relative_decrease(h: TrainHistory, epoch: int) -> float:
+    prev = h.loss[epoch - 1] if epoch > 0 else (h.initial_loss if h.initial_loss is not None else h.loss[0])
+    return (prev - h.loss[epoch]) / abs(prev) if prev != 0 else 0.0
+
+
+def _still_falling(h: TrainHistory, epoch: int, tol: float) -> bool:
+    """Whether the mean loss of ``epoch`` fell by more than ``tol`` (relative) from the previous epoch's. Every
+    epoch visits the same rows, so two epoch means differ by the change of the map, not by the batches; the
+    first epoch is compared with the initial loss, one batch, and must fall by more than twice one step's
+    fluctuation too."""
+    if h.relative_change[epoch] <= tol:
+        return False
+    if epoch > 0 or h.initial_loss is None:
+        return True
+    return h.initial_loss - h.loss[0] > 2.0 * h.loss_step_std[0]
+
+
+def _consistently_falling(h: TrainHistory, tol: float, epochs: int) -> bool:
+    """Whether each of the last ``epochs`` epochs fell by more than ``tol``: the run ended while descending (one
+    epoch that fell by chance at the noise floor, after one that did not, does not count)."""
+    last = len(h.loss)
+    return all(_still_falling(h, e, tol) for e in range(max(0, last - epochs), last))
+
+
+def fit_alignment(module: nn.Module, source: Any, target: Any, *, epochs: int, batch_size: int,
+                  lr: float | None = None, init: str = "auto", **options: Any) -> TrainHistory:
     r"""Train ``module`` so that ``module(source) ≈ target``; return the :class:`TrainHistory`.
 
     Minimises the element-wise mean squared error plus ``module.regularizer()`` (weight 1) by mini-batch
     Adam — Riemannian Adam for geoopt manifold parameters (:class:`~relaxedortho.StiefelLinear`), no weight
-    decay on orthogonal factors. ``source`` (``n x in_features``) and ``target`` (``n x out_features``) may be
+    decay on orthogonal factors — from the closed-form solution of the map's own constraint computed from the
+    training data (``init="auto"``: :mod:`relaxedortho.training.initialization`; ``init="module"`` keeps the
+    module's weight), at :func:`~relaxedortho.training.learning_rate.default_lr` unless ``lr`` is given, until the
+    epochs run out or the loss stops falling (``tol``); a run that ends still falling warns with
+    :class:`~relaxedortho.ConvergenceWarning`. ``source`` (``n x in_features``) and ``target`` (``n x out_features``) may be
     tensors, NumPy arrays or memory maps. All options of :class:`Trainer` apply (device, ``amp``,
     ``clip_grad_norm``, ``val``/``metric``/``early_stopping``, ``checkpoint``/``checkpoint_every``/``resume``,
     ``seed``, ``progress``, ...). Under :mod:`torch.distributed` (more than one process) it trains with
@@ -625,4 +764,4 @@ def fit_alignment(module: nn.Module, source: Any, target: Any, *, epochs: int, b
         >>> h.loss[-1] < 1e-3
         True
     """
-    return Trainer(module, epochs=epochs, batch_size=batch_size, lr=lr, **options).fit(source, target)
+    return Trainer(module, epochs=epochs, batch_size=batch_size, lr=lr, init=init, **options).fit(source, target)
