@@ -29,16 +29,18 @@ _EXPORTS = {
                      "transfer_task_vector"], ".transfer"),
     **dict.fromkeys(["karcher_mean", "chordal_mean", "geodesic", "merge_models", "weight_matching"], ".riemannian"),
     "ConvergenceWarning": ".exceptions",
+    **dict.fromkeys(["orthogonal", "lambda_orthogonal"], ".constraints"),
 }
 _SUBMODULES = ["linalg", "penalties", "losses", "metrics", "similarity", "serialization", "maps", "closed_form",
                "training", "transfer", "riemannian", "compat", "data", "demo", "cli", "testing", "exceptions",
-               "_checks", "_geoopt"]
+               "constraints", "_checks", "_geoopt"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 if TYPE_CHECKING:  # what static analysers and IDEs see: the eager imports that __getattr__ performs on demand
     from . import closed_form, linalg, losses, metrics, penalties, riemannian, similarity, training, transfer
     from .closed_form import ClosedFormAlignment, fit_closed_form, lambda_init
+    from .constraints import lambda_orthogonal, orthogonal
     from .exceptions import ConvergenceWarning
     from .maps import AffineMap, AlignmentMap, LambdaOrthoLinear, OrthogonalLinear, StiefelLinear, riemannian_lr
     from .riemannian import chordal_mean, geodesic, karcher_mean, merge_models, weight_matching
@@ -56,4 +58,5 @@ __all__ = ["AffineMap", "AlignmentMap", "LambdaOrthoLinear", "OrthogonalLinear",
            "run_transfer_demo", "training", "fit_alignment", "Trainer", "TrainHistory", "fit_pair",
            "lambda_sweep", "plot_tradeoff", "closed_form", "similarity", "fit_closed_form",
            "ClosedFormAlignment", "lambda_init", "linear_cka", "procrustes_distance", "riemannian", "karcher_mean",
-           "chordal_mean", "geodesic", "merge_models", "weight_matching", "ConvergenceWarning"]
+           "chordal_mean", "geodesic", "merge_models", "weight_matching", "ConvergenceWarning",
+           "constraints", "orthogonal", "lambda_orthogonal"]

@@ -71,6 +71,39 @@ def orthogonality_error(weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(gram_deviation(w))
 
 
+def orthonormality_tolerance(weight: torch.Tensor, dtype: torch.dtype | None = None) -> float:
+    r"""Rounding-level tolerance on :math:`\lVert G - I\rVert_F` for ``weight`` in ``dtype`` (default its own):
+    :math:`10\,\varepsilon k`, :math:`k` the shorter side.
+
+    A float64 orthonormal matrix rounded to float32 has about :math:`0.01\text{–}0.1\,\varepsilon k`
+    (measured, k = 4 … 1024); the hard maps' own training keeps :math:`\lVert G - I\rVert_F` below
+    :math:`0.1\,\varepsilon k` (docs/benchmarks.md, drift).
+
+    Example:
+        >>> orthonormality_tolerance(torch.eye(3, 2, dtype=torch.float64)) == 10 * 2 * torch.finfo(torch.float64).eps
+        True
+    """
+    check_matrix(weight, "weight")
+    return orthonormality_rounding(min(weight.shape[-2:]), dtype or weight.dtype)
+
+
+def check_orthonormal(w: torch.Tensor, name: str) -> None:
+    """Raise :class:`ValueError` unless ``w`` has orthonormal columns (tall) or rows (wide) to rounding
+    (:func:`orthonormality_tolerance`).
+
+    Example:
+        >>> check_orthonormal(2 * torch.eye(2), "W")
+        Traceback (most recent call last):
+        ...
+        ValueError: W must have orthonormal columns (or rows when wide): ||G - I||_F = 4.24 > 2.38e-06 (rounding level); project it first, e.g. with relaxedortho.linalg.polar
+    """
+    check_matrix(w, name)
+    err, tol = float(orthogonality_error(w.detach().double())), orthonormality_tolerance(w)
+    if err > tol:
+        raise ValueError(f"{name} must have orthonormal columns (or rows when wide): ||G - I||_F = {err:.3g} > "
+                         f"{tol:.3g} (rounding level); project it first, e.g. with relaxedortho.linalg.polar")
+
+
 def tall(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` if it has at least as many rows as columns, else its transpose (a view)."""
     check_matrix(weight, "weight")

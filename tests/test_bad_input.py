@@ -610,6 +610,35 @@ row(training.make_optimizer, lambda f: training.make_optimizer(ro.AffineMap(4, 4
     "make_optimizer-zero-lr")
 row(training.make_optimizer, lambda f: training.make_optimizer("model", lr=1e-3), TypeError, "module",
     "make_optimizer-not-a-module")
+row(training.register_hard_maps, lambda f: training.register_hard_maps("model", torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)),
+    TypeError, "module must be a torch.nn.Module", "register_hard_maps-not-a-module")
+row(training.register_hard_maps, lambda f: training.register_hard_maps(nn.Linear(2, 2), [W44]), TypeError,
+    "optimizer must be a torch.optim.Optimizer", "register_hard_maps-not-an-optimizer")
+row(ro.OrthogonalLinear.register_optimizer, lambda f: ro.OrthogonalLinear(4, 3).register_optimizer("adam"),
+    TypeError, "optimizer must be a torch.optim.Optimizer", "register_optimizer-not-an-optimizer")
+row(linalg.check_orthonormal, lambda f: linalg.check_orthonormal(2 * torch.eye(3), "W"), ValueError,
+    "W must have orthonormal columns", "check_orthonormal-scaled")
+row(linalg.check_orthonormal, lambda f: linalg.check_orthonormal([[1.0]], "W"), TypeError, "W", "check_orthonormal-list")
+row(linalg.orthonormality_tolerance, lambda f: linalg.orthonormality_tolerance(np.eye(3)), TypeError, "weight",
+    "orthonormality_tolerance-numpy")
+row(ro.orthogonal, lambda f: ro.orthogonal("layer"), TypeError, "module must be a torch.nn.Module",
+    "orthogonal-not-a-module")
+row(ro.orthogonal, lambda f: ro.orthogonal(nn.Linear(3, 3), "weights"), ValueError, "not a parameter",
+    "orthogonal-unknown-name")
+row(ro.orthogonal, lambda f: ro.orthogonal(nn.Linear(3, 3), "bias"), ValueError, "2-dimensional",
+    "orthogonal-1d-parameter")
+row(ro.orthogonal, lambda f: ro.orthogonal(ro.orthogonal(nn.Linear(3, 3))), ValueError, "constrained already",
+    "orthogonal-twice")
+row(ro.orthogonal, lambda f: ro.orthogonal(nn.Linear(3, 4), group="SO"), ValueError, "group='SO'",
+    "orthogonal-so-rectangular")
+row(ro.orthogonal, lambda f: ro.orthogonal(nn.Linear(3, 3), init="kaiming"), ValueError, "init must be one of",
+    "orthogonal-bad-init")
+row(ro.lambda_orthogonal, lambda f: ro.lambda_orthogonal(nn.Linear(3, 3), lam=-1.0), ValueError, "lam",
+    "lambda_orthogonal-negative-lam")
+row(ro.lambda_orthogonal, lambda f: ro.lambda_orthogonal(nn.Linear(3, 3), alpha=0.0), ValueError, "alpha",
+    "lambda_orthogonal-zero-alpha")
+row(ro.lambda_orthogonal, lambda f: ro.lambda_orthogonal(nn.Linear(3, 3), name=None), TypeError, "name must be a str",
+    "lambda_orthogonal-name-not-str")
 row(training.parameter_groups, lambda f: training.parameter_groups(ro.AffineMap(4, 4), lr=1e-3, weight_decay=-1.0),
     ValueError, "weight_decay", "parameter_groups-negative-decay")
 row(training.save_checkpoint, lambda f: training.save_checkpoint([1, 2], f.p("c.pt")), TypeError, "state must be",

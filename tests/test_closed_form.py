@@ -14,15 +14,9 @@ import relaxedortho as ro
 from relaxedortho.closed_form import (KINDS, ClosedFormAlignment, fit_closed_form, generalized_procrustes,
                                       solve_orthogonal_lsq, accumulate_moments)
 
+from helpers import haar, sse
+
 seeds = st.integers(0, 2**31 - 1)
-
-
-def haar(d, rng, special=False):
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    q = q * np.sign(np.diag(r))
-    if special and np.linalg.det(q) < 0:
-        q[:, 0] *= -1
-    return q
 
 
 def stiefel(p, q, rng):
@@ -36,13 +30,6 @@ def stiefel(p, q, rng):
 def rows_weight(m):
     """Module weight (out x in) -> row convention W (p x q), NumPy float64."""
     return m.weight.detach().double().numpy().T
-
-
-def sse(X, Y, W, b=None):
-    r = X @ W - Y
-    if b is not None:
-        r = r + b
-    return float((r ** 2).sum())
 
 
 def well_conditioned(M, ratio=1e-4):

@@ -17,38 +17,24 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxedortho as ro
-from relaxedortho._geoopt import geoopt
 from relaxedortho.linalg import random_orthogonal
-from relaxedortho.maps.base import OrthonormalityWarning, orthonormality_tolerance
+from relaxedortho.maps.base import OrthonormalityWarning
 from relaxedortho.testing import strategies as ros
+from relaxedortho.testing.maps import VARIANTS, optimizer_for, stored_weight, variants
+from helpers import assert_orthonormal
 
-HARD = ["orthogonal-trivialization", "orthogonal-retraction", "orthogonal-cayley", "orthogonal-matrix_exp",
-        "orthogonal-householder", "stiefel", "stiefel-canonical"]
-SELF_PROJECTED = ["orthogonal-trivialization", "orthogonal-retraction"]
+HARD = variants("hard")  # every hard variant of the registry, group="SO" ones included
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(variant, shape, dtype=torch.float32, seed=0, **extra):
-    cls_name, kwargs = ros.MAP_VARIANTS[variant]
     torch.manual_seed(seed)
-    return getattr(ro, cls_name)(shape[1], shape[0], dtype=dtype, **kwargs, **extra)
-
-
-def optimizer_for(m, kind, lr):
-    if isinstance(m, ro.StiefelLinear):
-        lr = ro.riemannian_lr(lr, m.in_features, m.out_features)
-        return (geoopt.optim.RiemannianAdam if kind == "adam" else geoopt.optim.RiemannianSGD)(m.parameters(), lr=lr)
-    return (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(m.parameters(), lr=lr)
-
-
-def assert_orthonormal(m):
-    w = m.weight.detach()
-    assert bool(torch.isfinite(w).all())
-    assert m.orthogonality_error() <= orthonormality_tolerance(w)
+    return VARIANTS[variant].build(shape, dtype=dtype, **extra)
 
 
 def shape_for(variant, data):
-    kind = "square" if variant in ros.SQUARE_ONLY else data.draw(st.sampled_from(ros.SHAPE_KINDS), label="kind")
+    kinds = VARIANTS[variant].shape_kinds()
+    kind = kinds[0] if len(kinds) == 1 else data.draw(st.sampled_from(kinds), label="kind")
     return data.draw(ros.shapes(kind, min_side=2, max_side=7), label="shape")
 
 
@@ -123,7 +109,7 @@ def test_weight_stays_orthonormal_after_any_load(variant, data):
         try:
             m.load_state_dict(state)
         except ValueError as e:
-            assert "orthonormal" in str(e)
+            assert "orthonormal" in str(e) or ("so" in VARIANTS[variant].tags and "determinant -1" in str(e))
             assert torch.equal(m.weight.detach(), before)
             return
     assert_orthonormal(m)
@@ -131,8 +117,7 @@ def test_weight_stays_orthonormal_after_any_load(variant, data):
         assert torch.equal(m.weight.detach(), w)  # rounding-level matrices are taken bit for bit
 
 
-@pytest.mark.parametrize("variant", ["orthogonal-trivialization", "orthogonal-retraction", "stiefel",
-                                     "stiefel-canonical"])
+@pytest.mark.parametrize("variant", variants("hard", exclude=("parametrized",)))
 @settings(max_examples=10)
 @given(data=st.data())
 def test_weight_stays_orthonormal_after_any_edit_by_hand(variant, data):
@@ -141,7 +126,7 @@ def test_weight_stays_orthonormal_after_any_edit_by_hand(variant, data):
     shape = shape_for(variant, data)
     dtype = data.draw(ros.float_dtypes(), label="dtype")
     m = build(variant, shape, dtype)
-    stored = m.stiefel_weight if isinstance(m, ro.StiefelLinear) else m._weight_tensor()
+    stored = stored_weight(m)
     edit = data.draw(st.sampled_from(["scale", "noise", "zero", "huge", "nan"]))
     factor = 10.0 ** data.draw(st.floats(-30.0, 30.0), label="log10 factor")
     with torch.no_grad():
@@ -192,7 +177,7 @@ def test_one_large_adam_step_on_a_rectangular_map():
     x, y = uncentred(512, 256, 128)
     torch.manual_seed(0)
     m = ro.OrthogonalLinear(256, 128)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    opt = m.register_optimizer(torch.optim.Adam(m.parameters(), lr=1e-2))
     nn.functional.mse_loss(m(x), y).backward()
     opt.step()
     assert_orthonormal(m)
@@ -283,12 +268,11 @@ def test_float32_matrix_in_a_float64_map_is_projected_silently(dtype):
 def test_non_finite_step_is_undone_for_every_hard_map():
     """Data at 1e30 in float32 overflow the gradient: the step is undone and FloatingPointError names the cause."""
     for variant in HARD:
-        shape = (4, 4) if variant in ros.SQUARE_ONLY else (5, 3)
-        m = build(variant, shape)
+        m = build(variant, (5, 3))  # square-only variants are built square by the registry
         opt = optimizer_for(m, "adam", 1e-2)
         before = m.weight.detach().clone()
-        x = torch.randn(8, shape[1]) * 1e30
-        nn.functional.mse_loss(m(x), torch.randn(8, shape[0]) * 1e30).backward()
+        x = torch.randn(8, m.in_features) * 1e30
+        nn.functional.mse_loss(m(x), torch.randn(8, m.out_features) * 1e30).backward()
         with pytest.raises(FloatingPointError, match="NaN or Inf"):
             opt.step()
         assert torch.equal(m.weight.detach(), before), variant
@@ -332,7 +316,7 @@ def test_cuda_without_gpu_is_one_clear_error(cls):
 def test_dtype_mismatch_names_both_dtypes(variant):
     """A float64 map in a float32 model failed only inside F.linear, naming neither; now a TypeError says what to
     convert. Under autocast mixed dtypes are the point, and pass."""
-    shape = (4, 4) if variant in ros.SQUARE_ONLY else (3, 4)
+    shape = (4, 4) if "square-only" in VARIANTS[variant].tags else (3, 4)
     m = build(variant, shape, torch.float64)
     with pytest.raises(TypeError, match="float32.*float64"):
         m(torch.randn(2, shape[1]))

@@ -15,16 +15,13 @@ from torch import nn
 import relaxedortho as ro
 from relaxedortho.maps.base import OrthonormalityWarning
 from relaxedortho.testing import strategies as ros
+from relaxedortho.testing.maps import VARIANTS, variants
+from helpers import tol
 
-HARD = ["orthogonal-trivialization", "orthogonal-retraction", "orthogonal-cayley", "orthogonal-matrix_exp", "orthogonal-householder",
-        "stiefel", "stiefel-canonical"]
-ALL = list(ros.MAP_VARIANTS)
+HARD = variants("hard", "basic")
+ALL = variants("basic")
 CLASSES = [ro.AffineMap, ro.LambdaOrthoLinear, ro.OrthogonalLinear, ro.StiefelLinear]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tol(dtype, n, cond=1.0):
-    return ros.dtype_tolerance(dtype, n, cond)
 
 
 @given(ros.maps(), ros.leading_shapes(), ros.seeds())
@@ -275,3 +272,26 @@ def test_compile_matches_eager(variant, inductor):
 def test_non_float_dtype_rejected(cls, dtype):
     with pytest.raises(TypeError, match="dtype"):
         cls(3, 4, dtype=dtype)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_bf16_autocast_forward_is_float32_to_bf16_rounding(variant):
+    """Under CPU bf16 autocast every map computes in bf16: each entry within 2 eps_bf16 sum|x||A| (+|b|) of the
+    float32 output (the rounding of x and A, eps/2 each, and of the result), and the backward reaches the
+    trainable tensors with finite values."""
+    torch.manual_seed(0)
+    m = VARIANTS[variant].build((3, 5), bias=True)
+    with torch.no_grad():
+        if m.bias is not None:
+            m.bias.normal_()
+    x = torch.randn(4, 5 if m.in_features == 5 else m.in_features) * 3.0
+    ref = m(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    w = m.weight.detach()
+    bound = 2 * torch.finfo(torch.bfloat16).eps * (x.abs() @ w.abs().T + (0 if m.bias is None else m.bias.abs()))
+    assert bool(((y.detach().float() - ref).abs() <= bound + 1e-30).all())
+    y.float().pow(2).sum().backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)

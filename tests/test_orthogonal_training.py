@@ -1,6 +1,5 @@
 """Hard maps stay on their manifold during training, keep their determinant sign, and still learn;
 λ-orthogonal maps hold ||G - I||_F near λ."""
-import math
 
 import pytest
 import torch
@@ -9,23 +8,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relaxedortho as ro
-from relaxedortho._geoopt import geoopt
 from relaxedortho.linalg import random_orthogonal
 from relaxedortho.testing import strategies as ros
+from relaxedortho.testing.maps import VARIANTS, optimizer_for, variants
+from helpers import drift_tolerance
 
 STEPS = 300
-HARD_VARIANTS = [("OrthogonalLinear", {"method": m})
-                 for m in ("trivialization", "retraction", "cayley", "matrix_exp", "householder")] \
-    + [("StiefelLinear", {}), ("StiefelLinear", {"canonical": True})]
-#: (variant, shape kind) pairs: the trivialization exists for square maps only
-VARIANT_KINDS = [(v, k) for v in HARD_VARIANTS for k in ros.SHAPE_KINDS
-                 if k == "square" or v[1].get("method") != "trivialization"]
-
-
-def drift_tolerance(dtype, k, steps):
-    """Rounding of one re-projection is O(eps k); independent errors over ``steps`` steps add up like a
-    random walk (the retractions that do not re-project from scratch): 100 eps k sqrt(steps)."""
-    return 100 * torch.finfo(dtype).eps * max(k, 1) * math.sqrt(steps)
+HARD_VARIANTS = [ros.MAP_VARIANTS[n] for n in variants("hard", "basic")]
+#: (variant, shape kind) pairs: the square-only variants (the trivialization) for square maps only
+VARIANT_KINDS = [(ros.MAP_VARIANTS[n], k) for n in variants("hard", "basic") for k in VARIANTS[n].shape_kinds()]
 
 
 def make_problem(shape, dtype, seed, w0):
@@ -42,10 +33,7 @@ def make_problem(shape, dtype, seed, w0):
 
 
 def train(m, x, y, steps, lr=1e-2):
-    if isinstance(m, ro.StiefelLinear):
-        opt = geoopt.optim.RiemannianAdam(m.parameters(), lr=ro.riemannian_lr(lr, m.in_features, m.out_features))
-    else:
-        opt = torch.optim.Adam(m.parameters(), lr=lr)
+    opt = optimizer_for(m, "adam", lr, register=False)  # unregistered: the weight is read back on the manifold
     losses = []
     for _ in range(steps):
         opt.zero_grad()

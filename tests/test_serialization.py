@@ -9,12 +9,9 @@ from torch import nn
 
 import relaxedortho as ro
 from relaxedortho.testing import strategies as ros
+from relaxedortho.testing.maps import VARIANTS as REGISTRY
 
-VARIANTS = dict(ros.MAP_VARIANTS)
-VARIANTS["orthogonal-retraction-SO"] = ("OrthogonalLinear", {"method": "retraction", "group": "SO"})
-VARIANTS["orthogonal-cayley-SO"] = ("OrthogonalLinear", {"method": "cayley", "group": "SO"})
-VARIANTS["lambda-heaviside"] = ("LambdaOrthoLinear", {"lam": 2.0, "alpha": 3.0, "gate": "heaviside",
-                                                      "penalty_weight": 0.5})
+VARIANTS = {n: (v.class_name, dict(v.options)) for n, v in REGISTRY.items()}  # every variant of the registry
 
 tmp_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                         max_examples=15)
@@ -22,7 +19,7 @@ tmp_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixtu
 
 def build(variant, shape, dtype, bias):
     cls_name, kwargs = VARIANTS[variant]
-    if kwargs.get("group") == "SO" or variant in ros.SQUARE_ONLY:
+    if "square-only" in REGISTRY[variant].tags:
         shape = (shape[0], shape[0])
     return getattr(ro, cls_name)(shape[1], shape[0], bias=bias, dtype=dtype, **kwargs)
 
@@ -37,6 +34,8 @@ def train_a_little(m, seed, steps=3):
         opt = ro._geoopt.geoopt.optim.RiemannianAdam(m.parameters(), lr=0.05)
     else:
         opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    if hasattr(m, "register_optimizer"):  # the steps of a registered optimizer are counted (Stiefel's polish)
+        m.register_optimizer(opt)
     for _ in range(steps):
         opt.zero_grad()
         (nn.functional.mse_loss(m(x), y) + m.regularizer()).backward()

@@ -10,12 +10,9 @@ from hypothesis import strategies as st
 from relaxedortho.closed_form import fit_closed_form
 from relaxedortho.similarity import linear_cka, procrustes_distance
 
+from helpers import haar
+
 seeds = st.integers(0, 2**31 - 1)
-
-
-def haar(d, rng):
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
 
 
 def cka_reference(X, Y):

@@ -45,3 +45,25 @@ def test_strategy_arguments_validated(data):
         data.draw(ros.shapes("round"))
     with pytest.raises(ValueError, match="variant"):
         ros.map_kwargs(["nope"])
+
+
+def test_the_map_registry_is_consistent():
+    """relaxedortho.testing.maps: one spectrum tag per variant, which the built map agrees with; square-only variants
+    are built square; the strategies' MAP_VARIANTS are the "basic" ones."""
+    from relaxedortho.testing import maps as registry
+
+    for name, v in registry.VARIANTS.items():
+        assert len(set(v.tags) & {"hard", "relaxed", "free"}) == 1, name
+        m = v.build((3, 5), dtype=torch.float64)
+        assert m.is_orthogonal == ("hard" in v.tags), name
+        assert (m.out_features == m.in_features) == ("square-only" in v.tags), name
+        if "so" in v.tags:
+            assert float(torch.linalg.det(m.weight.detach())) == pytest.approx(1.0, abs=1e-12)
+        if "parametrized" in v.tags:
+            assert hasattr(m, "parametrizations")
+        opt = registry.optimizer_for(m, "sgd", 1e-2)
+        assert (type(opt).__module__.startswith("geoopt")) == ("geoopt" in v.tags), name
+    assert set(ros.MAP_VARIANTS) == set(registry.variants("basic"))
+    assert ros.SQUARE_ONLY == frozenset(registry.variants("basic", "square-only"))
+    with pytest.raises(ValueError, match="unknown tag"):
+        registry.variants("orthogonal")

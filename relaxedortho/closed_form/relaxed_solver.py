@@ -219,14 +219,19 @@ def minimize_spectral(A: torch.Tensor, M: torch.Tensor, prox: SpectralProx, W0: 
             fT = _dot(T, lam_col * T) - 2.0 * _dot(T, Mt_w) + hT
             return T, R, rr, env, res, fT
 
+        def record(T, env, res, fT):
+            """Append the iterate's objective, envelope and residual; keep the best float64 iterate."""
+            nonlocal best
+            history.append(fT * scale)
+            envelope.append(env * scale)
+            residuals.append(res)
+            if dtype == f64 and fT <= best[0]:
+                best = (fT, T, res)
+            return res <= tol
+
         T, R, rr, env, res, fT = forward_backward(W)
         lbfgs = _LBFGS(_MEMORY, h0) if lbfgs is None else lbfgs.to(dtype, h0)
-        history.append(fT * scale)
-        envelope.append(env * scale)
-        residuals.append(res)
-        if dtype == f64 and fT <= best[0]:
-            best = (fT, T, res)
-        converged = res <= tol
+        converged = record(T, env, res, fT)
         stall, best_res = 0, res
         while res > phase_tol and it < max_iter:
             it += 1
@@ -240,12 +245,7 @@ def minimize_spectral(A: torch.Tensor, M: torch.Tensor, prox: SpectralProx, W0: 
                 tau = tau / 2.0 if tau > 1.0 / 16.0 else 0.0
             lbfgs.update(W_new - W, R_new - R)
             W, T, R, rr, env, res, fT = W_new, T_new, R_new, rr_new, env_new, res_new, fT_new
-            history.append(fT * scale)
-            envelope.append(env * scale)
-            residuals.append(res)
-            if dtype == f64 and fT <= best[0]:
-                best = (fT, T, res)
-            converged = res <= tol
+            converged = record(T, env, res, fT)
             if res < 0.5 * best_res:
                 stall, best_res = 0, res
             else:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..linalg import check_orthonormal
 from ..maps import AffineMap, OrthogonalLinear
-from ..maps.base import check_orthonormal
 
 
 @dataclass

@@ -19,8 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import as_float_tensor, check_device, check_dtype, check_weight_shape
-from ..linalg import (ROUNDING_FACTOR, gram_deviation, orthogonality_error, orthonormality_rounding,
+from ..linalg import (ROUNDING_FACTOR, gram_deviation, orthogonality_error, orthonormality_tolerance,
                       random_orthogonal, semi_identity)
+from ..linalg import check_orthonormal  # noqa: F401  (re-exported: defined here in 0.1.0)
 from ..polar_projection import project_orthonormal
 
 INIT_CHOICES = ("orthogonal", "identity", "kaiming")
@@ -63,16 +64,9 @@ class AlignmentMap:
         """Singular values of ``A`` in descending order (detached)."""
         return torch.linalg.svdvals(self.weight.detach())
 
-    @torch.no_grad()
     def to_linear(self) -> nn.Linear:
         """A plain :class:`torch.nn.Linear` with a copy of this map's weight and bias (same outputs)."""
-        w = self.weight.detach()
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        dtype=w.dtype, device=w.device)
-        lin.weight.copy_(w)
-        if self.bias is not None:
-            lin.bias.copy_(self.bias.detach())
-        return lin
+        return linear_copy(self.weight, self.bias)
 
     @torch.no_grad()
     def inverse(self):
@@ -136,6 +130,24 @@ class AlignmentMap:
         return w, b
 
 
+@torch.no_grad()
+def linear_copy(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A plain :class:`torch.nn.Linear` holding copies of ``weight`` (``out x in``) and ``bias`` (or none), on their
+    device and in their dtype: what every ``to_linear`` returns.
+
+    Example:
+        >>> lin = linear_copy(torch.eye(2, 3), None)
+        >>> lin, lin.weight.requires_grad
+        (Linear(in_features=3, out_features=2, bias=False), True)
+    """
+    w = weight.detach()
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=w.dtype, device=w.device)
+    lin.weight.copy_(w)
+    if bias is not None:
+        lin.bias.copy_(bias.detach())
+    return lin
+
+
 def entry_dtype(value: Any) -> torch.dtype | None:
     """The floating torch dtype of a matrix given as a tensor or NumPy array (``None`` for anything else)."""
     if isinstance(value, torch.Tensor):
@@ -195,16 +207,6 @@ class OrthonormalityWarning(UserWarning):
     """A matrix given to a hard map was not orthonormal to rounding and was replaced by its polar factor."""
 
 
-def orthonormality_tolerance(weight: torch.Tensor, dtype: torch.dtype | None = None) -> float:
-    r"""Rounding-level tolerance on :math:`\lVert G - I\rVert_F` for ``weight`` in ``dtype`` (default its own):
-    :math:`10\,\varepsilon k`, :math:`k` the shorter side.
-
-    A float64 orthonormal matrix rounded to float32 has about :math:`0.01\text{–}0.1\,\varepsilon k`
-    (measured, k = 4 … 1024); the hard maps' own training keeps :math:`\lVert G - I\rVert_F` below
-    :math:`0.1\,\varepsilon k` (docs/benchmarks.md, drift)."""
-    return orthonormality_rounding(min(weight.shape[-2:]), dtype or weight.dtype)
-
-
 def _caller_stacklevel() -> int:
     """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside relaxedortho and torch (the
     user's call), however deep the entry (constructor, ``from_matrix``, ``load_state_dict``)."""
@@ -218,32 +220,19 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _deviation(w: torch.Tensor) -> float:
-    return float(orthogonality_error(w.detach().double()))
-
-
-def check_orthonormal(w: torch.Tensor, name: str) -> None:
-    """Raise :class:`ValueError` unless ``w`` has orthonormal columns (tall) or rows (wide) to rounding
-    (:func:`orthonormality_tolerance`)."""
-    err, tol = _deviation(w), orthonormality_tolerance(w)
-    if err > tol:
-        raise ValueError(f"{name} must have orthonormal columns (or rows when wide): ||G - I||_F = {err:.3g} > "
-                         f"{tol:.3g} (rounding level); project it first, e.g. with relaxedortho.linalg.polar")
-
-
 @torch.no_grad()
 def orthonormal_entry(w: torch.Tensor, name: str, *, source_dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""Validate a matrix that enters a hard map (``init``, :meth:`~AlignmentMap.load_matrix_`, a loaded state) and
     return the matrix the map must hold.
 
-    - :math:`\lVert G - I\rVert_F \le` :func:`orthonormality_tolerance` (rounding in ``w``'s dtype): ``w`` itself;
+    - :math:`\lVert G - I\rVert_F \le` :func:`~relaxedortho.linalg.orthonormality_tolerance` (rounding in ``w``'s dtype): ``w`` itself;
     - within the rounding level of a coarser ``source_dtype`` (a float32 matrix given to a float64 map): its polar
       factor (:func:`~relaxedortho.polar_projection.project_orthonormal`), silently;
     - :math:`\lVert G - I\rVert_2 \le` :data:`PROJECT_BOUND`: its polar factor, with an
       :class:`OrthonormalityWarning` that gives the deviation;
     - otherwise :class:`ValueError`.
     """
-    err = _deviation(w)
+    err = float(orthogonality_error(w.detach().double()))
     tol = orthonormality_tolerance(w)
     if err <= tol:
         return w

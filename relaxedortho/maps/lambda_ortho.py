@@ -18,6 +18,19 @@ DEFAULT_ALPHA = 10.0
 AUTO_ALPHA_SCALE = 100.0
 
 
+def resolved_alpha(alpha, lam: float) -> float:
+    r"""The sigmoid steepness for the option ``alpha`` (a number, or ``"auto"``:
+    :math:`\max(\text{DEFAULT\_ALPHA}, \text{AUTO\_ALPHA\_SCALE}/\lambda)`, DEFAULT_ALPHA at λ = 0 or ∞).
+
+    Example:
+        >>> resolved_alpha("auto", 2.0), resolved_alpha("auto", 20.0), resolved_alpha(3.0, 2.0)
+        (50.0, 10.0, 3.0)
+    """
+    if isinstance(alpha, str) and alpha == "auto":
+        return DEFAULT_ALPHA if lam == 0 or math.isinf(lam) else max(DEFAULT_ALPHA, AUTO_ALPHA_SCALE / lam)
+    return alpha
+
+
 class LambdaOrthoLinear(AffineMap):
     r"""Affine map :math:`y = xA^\top + b` whose :meth:`regularizer` is the λ-orthogonality penalty.
 
@@ -99,10 +112,7 @@ class LambdaOrthoLinear(AffineMap):
     @property
     def alpha(self) -> float:
         """The sigmoid steepness in use (resolved from ``"auto"`` for the current ``lam``)."""
-        if self.alpha_option == "auto":
-            return DEFAULT_ALPHA if self.lam == 0 or math.isinf(self.lam) else max(DEFAULT_ALPHA,
-                                                                                     AUTO_ALPHA_SCALE / self.lam)
-        return self.alpha_option
+        return resolved_alpha(self.alpha_option, self.lam)
 
     @alpha.setter
     def alpha(self, value) -> None:

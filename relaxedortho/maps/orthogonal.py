@@ -1,7 +1,7 @@
 r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly on their manifold.
 
 :class:`OrthogonalLinear` keeps ``A`` (``out x in``) with orthonormal columns (square/expanding) or rows
-(compressing) by one of four methods:
+(compressing) by one of five methods:
 
 .. list-table::
    :header-rows: 1
@@ -23,7 +23,8 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
        ``k x k x k``; the SVD after a step too large for it) plus one tangent projection (two products)
    * - ``"cayley"``
      - :func:`torch.nn.utils.parametrizations.orthogonal`, Cayley map
-     - ~3 n³, n×n solve; when a step leaves the argument's norm above :data:`REBASE_NORM`, the weight is
+     - ~3 n³, n×n solve; when a step leaves the argument's norm above
+       :data:`~relaxedortho.maps.orthogonal_backends.parametrized.REBASE_NORM`, the weight is
        evaluated once more, checked, and the parametrization re-based on it
    * - ``"matrix_exp"``
      - same, matrix exponential of a skew matrix
@@ -37,85 +38,39 @@ r"""The hard end of the spectrum through PyTorch: orthogonal maps kept exactly o
 reflections, which also preserve every inner product and are what embedding alignment usually wants
 (docs/math.md §4). All methods keep the sign of the determinant of their starting matrix.
 
-Safety: the weight is orthonormal to rounding at every forward pass, whatever the learning rate, the data scale,
-an edit by hand or a loaded state. A matrix given to the map is checked
+Safety: the weight is orthonormal to rounding at every forward pass and every read of ``weight``, whatever the
+learning rate, the data scale, an edit by hand or a loaded state. A matrix given to the map is checked
 (:func:`~relaxedortho.maps.base.orthonormal_entry`: taken as it is at rounding level, replaced by its polar factor
 with a warning when close, rejected otherwise); a re-projection never diverges (far from the manifold it uses the
-SVD); an optimizer step that writes NaN or Inf is undone and raises :class:`FloatingPointError`
-(:mod:`relaxedortho.maps._step_guard`).
+SVD); a step of a registered optimizer that writes NaN or Inf is undone and raises
+:class:`FloatingPointError` (:mod:`relaxedortho.maps.optimizer_hooks`).
+
+:class:`OrthogonalLinear` is a façade: the constructor picks the backend of ``method`` once
+(:mod:`relaxedortho.maps.orthogonal_backends`, one file each), and the map delegates every method-specific step
+to it. No state is process-wide: a map is brought back after the steps of the optimizers it is registered with
+(:meth:`OrthogonalLinear.register_optimizer`; :func:`~relaxedortho.training.make_optimizer` and the training
+functions register theirs), and at its next forward pass after any other change.
 """
 from __future__ import annotations
 
-import math
-import weakref
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.nn.utils import parametrizations, parametrize
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .._checks import check_choice, check_device, check_features, check_int
-from ..linalg import (SKEW_NORM_SAFETY, random_orthogonal, skew_retraction, skew_retraction_kind_for_norm,
-                      spectral_norm_estimate, tall)
-from ..polar_projection import MAX_PASSES, project_orthonormal, project_orthonormal_
-from ._generator import GeneratorWeight, generator_linear, skew_part
-from ._step_guard import guard, non_finite_step_message, restore_before_step
-from .base import AlignmentMap, check_dtype, check_input_dtype, entry_dtype, initial_weight, orthonormal_entry
+from ..linalg import random_orthogonal
+from ..polar_projection import MAX_PASSES
+from .base import AlignmentMap, check_dtype, entry_dtype, initial_weight, orthonormal_entry
+from .optimizer_hooks import RegistersWithOptimizers
+from .orthogonal_backends import BACKENDS, OrthogonalBackend
+from .orthogonal_backends.parametrized import REBASE_NORM  # noqa: F401  (public constant, documented here before)
+from .orthogonal_backends.retraction import project_tangent
 
 METHODS = ("auto", "trivialization", "retraction", "cayley", "matrix_exp", "householder")
-#: Methods whose weight is re-projected by this module after optimizer steps (not a torch parametrization).
-_SELF_PROJECTED = ("trivialization", "retraction")
-
-#: ``"cayley"``: after a step that leaves the skew argument of the parametrization's Cayley map with a Frobenius norm
-#: above this, the weight is checked and the parametrization re-based on it (argument reset to 0). ``"matrix_exp"``
-#: is checked and re-based after every step (``torch.matrix_exp`` misses float64 rounding even for small arguments).
-REBASE_NORM = 1.0
-
-_RETRACTED: "weakref.WeakSet[OrthogonalLinear]" = weakref.WeakSet()
-_GLOBAL_HOOK = None
 
 
-def _retract_all_after_step(optimizer, args, kwargs) -> None:
-    modules = list(_RETRACTED)
-    if not modules:
-        return
-    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for module in modules:
-        mine = id(module._trainable_tensor()) in stepped
-        try:
-            module._retract_if_stale(trusted=mine and module.method == "trivialization", after_step=mine)
-        except FloatingPointError:
-            if mine:
-                raise
-            # another optimizer's map, broken by an edit (NaN): it raises at its own next forward, not in this step
-
-
-def _ensure_global_hook() -> None:
-    global _GLOBAL_HOOK
-    if _GLOBAL_HOOK is None:
-        _GLOBAL_HOOK = register_optimizer_step_post_hook(_retract_all_after_step)
-
-
-def _project_tangent(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    r"""Projection of ``grad`` onto the tangent space of the Stiefel manifold at ``weight``:
-    :math:`\xi - X\,\mathrm{sym}(X^\top\xi)` for orthonormal columns (tall or square), :math:`\xi -
-    \mathrm{sym}(\xi X^\top)X` for orthonormal rows (wide). Computed in the weight's own orientation, so that the
-    products read contiguous operands and the result is contiguous like the gradient (no transposing copies)."""
-    if weight.ndim != 2:
-        x, g = tall(weight), tall(grad)
-        xtg = x.mT @ g
-        p = g - x @ (0.5 * (xtg + xtg.mT))
-        return p if weight.shape[-2] >= weight.shape[-1] else p.mT
-    if weight.shape[0] >= weight.shape[1]:
-        m = weight.mT @ grad
-        return torch.addmm(grad, weight, m.add_(m.mT.clone()), alpha=-0.5)
-    m = grad @ weight.mT
-    return torch.addmm(grad, m.add_(m.mT.clone()), weight, alpha=-0.5)
-
-
-class OrthogonalLinear(AlignmentMap, nn.Module):
+class OrthogonalLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
     r"""Hard orthogonal map :math:`y = xA^\top (+ b)` with :math:`G(A) = I` kept during training.
 
     Square maps live on :math:`O(d)` (or :math:`SO(d)` with ``group="SO"``), rectangular ones on the
@@ -164,9 +119,11 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
 
     With ``method="retraction"`` the weight is a plain parameter that any optimizer may update.
 
-    With either, every ``torch.optim`` optimizer step re-projects (a global step post-hook), and so does the
-    next forward pass if the parameters were changed in any other way (a weight edited by hand is replaced by its
-    polar factor). The parametrized methods are checked after each step the same way.
+    With either, every step of an optimizer registered with the map (:meth:`register_optimizer`; those of
+    :func:`~relaxedortho.training.make_optimizer`, :func:`~relaxedortho.fit_alignment` and
+    :class:`~relaxedortho.training.Trainer` are) folds or re-projects, and so does the next forward pass after any
+    other change (an unregistered optimizer's step; a weight edited by hand is replaced by its polar factor). The
+    parametrized methods are checked the same way.
 
     Example:
         >>> import torch
@@ -178,6 +135,7 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
     """
 
     is_orthogonal = True
+    register_optimizer = RegistersWithOptimizers.register_optimizer  # documented with the class
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, method: str = "auto",
                  group: str = "O", init: Any = "orthogonal", ns_steps: int | None = None,
@@ -213,207 +171,91 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         else:
             w0 = initial_weight(init, out_features, in_features, dtype=dtype, device=device)
             w0 = self._entry(w0, "init", source_dtype=entry_dtype(init))
-        if method == "trivialization":
-            self.register_buffer("weight", w0.clone())
-            self.generator = nn.Parameter(torch.zeros(out_features, out_features, dtype=dtype, device=device))
-            # folds since the last polish, persisted so that a resumed run polishes at the same steps
-            self.register_buffer("folds", torch.zeros((), dtype=torch.int64, device=device))
-            self._folds = 0
-        else:
-            self.weight = nn.Parameter(w0.clone())
+        self._backend.build(self, w0)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
-        if method in _SELF_PROJECTED:
-            self._mark_exact()
-            self._version = -1  # polish the starting matrix to rounding level
-            self._retract_if_stale()
-            _RETRACTED.add(self)
-            _ensure_global_hook()
-            self.register_forward_pre_hook(_retraction_pre_hook)
-            if method == "retraction" and self.project_gradient:
-                self.weight.register_hook(self._tangent_hook)
-        else:
-            parametrizations.orthogonal(self, "weight", orthogonal_map=method, use_trivialization=True)
+        self._backend.mark_exact(self)
+        self.retract_()  # polish the starting matrix to rounding level (the self-projected backends)
+        self.register_forward_pre_hook(_sync_before_forward)
         self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
         self.register_load_state_dict_post_hook(_check_loaded_state)
-        guard(self)
+
+    @property
+    def _backend(self) -> OrthogonalBackend:
+        """The backend of ``method`` (:mod:`relaxedortho.maps.orthogonal_backends`), looked up by name so that maps
+        pickled by earlier versions load."""
+        return BACKENDS[self.method]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` for inputs of shape ``(..., in_features)``."""
-        if self.method == "trivialization":
-            w = self._buffers["weight"]
-            check_input_dtype(x, w)
-            return generator_linear(x, w, self.generator, self.bias)
-        w = self.weight
-        check_input_dtype(x, w)
-        return F.linear(x, w, self.bias)
+        return self._backend.forward(self, x)
 
     def __getattr__(self, name: str):
-        # "trivialization": the weight is a buffer; while gradients are recorded, hand out an alias whose
-        # backward reaches the generator (GeneratorWeight), so that direct uses of the weight train the map
-        if name == "weight" and self.__dict__.get("method") == "trivialization":
-            w = self.__dict__["_buffers"].get("weight")
-            gen = self.__dict__["_parameters"].get("generator")
-            if w is not None and gen is not None:
-                return GeneratorWeight.apply(w, gen) if torch.is_grad_enabled() and gen.requires_grad else w
+        # the weight is read on the manifold: what an unregistered optimizer or an edit changed is brought back
+        # first (a version comparison when nothing changed). "trivialization": the weight is a buffer; while
+        # gradients are recorded, hand out an alias whose backward reaches the generator, so that direct uses of
+        # the weight train the map
+        # (the parametrized backends' weight is torch's property: never looked up here)
+        if name == "weight" and "_version" in self.__dict__ and "method" in self.__dict__:
+            return self._backend.read_weight(self)
         return super().__getattr__(name)
 
+    def _sync(self, *, strict: bool = True) -> None:
+        """Bring onto the manifold what changed outside a registered step (under ``torch.compile``, outside the
+        graph). ``strict=False``: a NaN/Inf weight is left as it is, not raised."""
+        try:
+            _sync_before_forward(self, ())
+        except FloatingPointError:
+            if strict:
+                raise
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self._sync(strict=False)  # a saved state is on the manifold (a NaN one cannot be loaded back anyway)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def __getstate__(self) -> dict:
+        self._sync(strict=False)  # a copy starts on the manifold, and is marked so
         state = super().__getstate__()  # the step guard's and load check's copies are transient
         state.pop("_before_step", None)
         state.pop("_state_before_load", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # copy.deepcopy and pickle rebuild the module without __init__: register the copy for the optimizer
-        # step post-hook, and give a retraction copy its own tangent-projection hook (tensor hooks are not copied)
+        # copy.deepcopy and pickle rebuild the module without __init__: new tensors, new version counters; a
+        # retraction copy gets its own tangent-projection hook (tensor hooks are not copied). A copy is registered
+        # with no optimizer (the original's optimizer does not hold the copy's tensors).
         super().__setstate__(state)
-        guard(self)
         self._before_step = None
-        if self.__dict__.get("method") in _SELF_PROJECTED:
-            self._mark_restored()  # new tensors, new version counters
-            _RETRACTED.add(self)
-            _ensure_global_hook()
-            w = self._weight_tensor()
-            if self.method == "retraction" and self.project_gradient and not w._backward_hooks:
-                w.register_hook(self._tangent_hook)
+        if not any(h in _SYNC_HOOKS for h in self._forward_pre_hooks.values()):  # pickled by an earlier version
+            self.register_forward_pre_hook(_sync_before_forward)
+        self._backend.restored(self)
 
-    # -- the step guard (maps/_step_guard.py) --------------------------------------------------------
+    # -- what an optimizer step touches (maps/optimizer_hooks.py) ----------------------------------------
+    def _trainable_tensors(self) -> list[torch.Tensor]:
+        return [self._backend.trainable(self)]
+
     def _guarded_tensors(self) -> list[torch.Tensor]:
-        if self.method == "retraction":
-            return [self.weight]
-        if self.method == "trivialization":
-            return []  # a non-finite generator is discarded by _fold
-        return [self.parametrizations.weight.original]
+        return self._backend.guarded(self)
 
-    @torch.no_grad()
-    def _check_after_step(self) -> None:
-        if self.method in _SELF_PROJECTED:
-            return  # checked by the re-projection (_retract_all_after_step)
-        original = self.parametrizations.weight.original.detach()
-        # the argument of torch's matrix function is A = L - L^T, L the strictly lower part of the tall orientation
-        lower = tall(original).tril(-1)
-        finite, size = torch.stack([torch.isfinite(original).all().to(original.dtype),
-                                    math.sqrt(2.0) * torch.linalg.vector_norm(lower)]).tolist()
-        if not finite or not math.isfinite(size):
-            restore_before_step(self)
-            raise FloatingPointError(non_finite_step_message(f"OrthogonalLinear(method={self.method!r})"))
-        if self.method == "householder" or (self.method == "cayley" and size <= REBASE_NORM):
-            return  # Householder products are orthogonal to rounding for any finite input, the Cayley map of a small
-            # argument too; torch.matrix_exp is not (8e-13 in float64 after three Adam steps at lr 1e-2, 2 x 2)
-        # torch's matrix functions lose orthogonality for large arguments (up to 2e5 eps k for matrix_exp, 1e3 eps k
-        # for the Cayley map after large steps, measured): check the weight, and re-base the parametrization on it
-        # (on its polar factor when it is off), which resets the argument to zero (the dynamic trivialization's
-        # re-basing, Lezcano-Casado 2019)
-        w = self.weight
-        if not bool(torch.isfinite(w).all()):
-            restore_before_step(self)
-            raise FloatingPointError(f"OrthogonalLinear(method={self.method!r}): the step was too large for the "
-                                     "parametrization, whose matrix function overflowed to NaN or Inf; the weight "
-                                     "before the step was restored. Lower the learning rate (or use method="
-                                     "'trivialization' / 'retraction', which take any finite step).")
-        self.weight = project_orthonormal(w)
+    def _after_own_step(self, optimizer) -> None:
+        self._backend.after_step(self)
 
-    # -- re-projection (trivialization and retraction) ---------------------------------------------
     def _tangent_hook(self, grad: torch.Tensor) -> torch.Tensor:
-        return _project_tangent(self.weight.detach(), grad)
+        return project_tangent(self._parameters["weight"].detach(), grad)
 
     def _trainable_tensor(self) -> torch.Tensor:
-        """The tensor an optimizer updates: ``generator`` (trivialization) or ``weight`` (retraction)."""
-        return self.generator if self.method == "trivialization" else self.weight
+        """The tensor an optimizer updates: ``generator`` (trivialization), ``weight`` (retraction) or the
+        parametrization's ``original``."""
+        return self._backend.trainable(self)
 
     def _weight_tensor(self) -> torch.Tensor:
-        """The stored weight (the buffer or parameter itself, never a differentiable alias)."""
-        return self._buffers["weight"] if self.method == "trivialization" else self.weight
-
-    def _mark_exact(self, *, loaded: bool = False) -> None:
-        """Record the current values as on the manifold (nothing to fold or re-project)."""
-        self._version = self._weight_tensor()._version
-        if self.method == "trivialization":
-            self._generator_version = self.generator._version
-            if loaded:
-                self._folds = int(self.folds)
-
-    @torch.no_grad()
-    def _mark_restored(self) -> None:
-        """After a copy or a loaded state: the weight is exact; a non-zero generator is an update still to fold
-        (at the next forward or optimizer step), never silently ignored."""
-        self._mark_exact(loaded=True)
-        if self.method == "trivialization" and bool(self.generator.detach().any()):
-            self._generator_version = -1
-
-    @torch.no_grad()
-    def _reproject(self) -> None:
-        """Replace the weight by its orthogonal polar factor
-        (:func:`~relaxedortho.polar_projection.project_orthonormal`: polynomial passes near the manifold, the SVD
-        beyond); raises :class:`FloatingPointError` on NaN/Inf."""
-        project_orthonormal_(self._weight_tensor(),
-                             max_passes=self.ns_steps if self.ns_steps is not None else MAX_PASSES)
-
-    @torch.no_grad()
-    def _fold(self, trusted: bool) -> None:
-        """``W <- R(skew P) W``, ``P <- 0``; a re-projection every ``polish_every`` folds.
-
-        ``trusted``: ``P`` was written by an optimizer step from a skew gradient, so it is skew already (every
-        element-wise update keeps it so, bit for bit); otherwise its skew part is taken first. A ``P`` with NaN or
-        Inf entries is discarded (the weight is kept) and raises :class:`FloatingPointError`; a large ``P`` takes
-        the Cayley transform into a new tensor, re-projected before it replaces the weight."""
-        gen, w = self.generator, self._weight_tensor()
-        a = gen if trusted else skew_part(gen)
-        sigma = SKEW_NORM_SAFETY * float(spectral_norm_estimate(a))
-        if not math.isfinite(sigma) and not bool(torch.isfinite(a).all()):
-            gen.zero_()
-            raise FloatingPointError("OrthogonalLinear: the generator holds NaN or Inf (a non-finite gradient or "
-                                     "edit); the update was discarded and the weight kept")
-        kind = skew_retraction_kind_for_norm(sigma, w.dtype)
-        if kind == "cayley":  # a large step: computed aside and checked, never written unchecked
-            new = skew_retraction(w, a, kind=kind)
-            try:
-                new = project_orthonormal(new)
-            except FloatingPointError:
-                gen.zero_()
-                raise FloatingPointError(f"OrthogonalLinear: an update of spectral norm ~{sigma:.3g} overflowed "
-                                         f"{w.dtype}; the update was discarded and the weight kept (lower the "
-                                         "learning rate)") from None
-            w.copy_(new)
-        else:
-            skew_retraction(w, a, inplace=True, kind=kind)
-        gen.zero_()
-        self._folds += 1
-        if self._folds >= self.polish_every:
-            project_orthonormal_(w)
-            self._folds = 0
-        self.folds.fill_(self._folds)
-
-    @torch.no_grad()
-    def _retract_if_stale(self, trusted: bool = False, after_step: bool = False) -> None:
-        w = self._weight_tensor()
-        with torch.autocast(device_type=w.device.type, enabled=False):
-            if w._version != self._version:  # edited by hand or by an optimizer step: project back
-                try:
-                    self._reproject()
-                except FloatingPointError:
-                    if not (after_step and restore_before_step(self)):
-                        raise
-                    self._mark_exact()
-                    raise FloatingPointError(non_finite_step_message("OrthogonalLinear")) from None
-                if self.method == "trivialization":
-                    self.generator.zero_()
-                if self.group == "SO":
-                    _make_rotation_(w)
-            elif self.method == "trivialization" and self.generator._version != self._generator_version:
-                self._fold(trusted)
-            else:
-                return
-        self._mark_exact()
+        """The stored weight (the buffer, parameter or parametrization original; never a differentiable alias)."""
+        return self._backend.stored_weight(self)
 
     @torch.no_grad()
     def retract_(self) -> "OrthogonalLinear":
         """Bring the weight onto the manifold now: fold a pending ``generator`` update (``"trivialization"``) or
         re-project the weight (``"retraction"``); a no-op for the parametrized methods."""
-        if self.method == "retraction":
-            self._version = -1
-        if self.method in _SELF_PROJECTED:
-            self._retract_if_stale()
+        self._backend.retract(self)
         return self
 
     # -- interface -------------------------------------------------------------------------------
@@ -430,29 +272,18 @@ class OrthogonalLinear(AlignmentMap, nn.Module):
         w, b = self._validated(weight, bias)
         source = w.dtype
         w = self._entry(w.to(dtype=self._dtype, device=self._device), "weight", source_dtype=source)
-        if self.method in _SELF_PROJECTED:
-            self._weight_tensor().copy_(w)
-            if self.method == "trivialization":
-                self.generator.zero_()
-            self._mark_exact()  # exactly the given matrix, no re-projection
-        else:
-            self.weight = w
+        self._backend.load(self, w)  # exactly the given matrix, no re-projection
         if self.bias is not None:
             self.bias.copy_(b) if b is not None else self.bias.zero_()
         return self
 
     @property
     def _dtype(self) -> torch.dtype:
-        return self._raw().dtype
+        return self._backend.trainable(self).dtype
 
     @property
     def _device(self) -> torch.device:
-        return self._raw().device
-
-    def _raw(self) -> torch.Tensor:
-        if parametrize.is_parametrized(self, "weight"):
-            return self.parametrizations.weight.original
-        return self._weight_tensor()
+        return self._backend.trainable(self).device
 
     def config(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
@@ -474,9 +305,9 @@ def _check_loaded_state(module: OrthogonalLinear, incompatible_keys) -> None:
     # a loaded weight enters the map like any other (orthonormal_entry): kept bit for bit when orthonormal to
     # rounding, projected with a warning when close, rejected otherwise, with the map's previous state restored
     saved = module.__dict__.pop("_state_before_load", None)
-    if module.method in _SELF_PROJECTED:
-        module._mark_restored()
-    weight = module._weight_tensor() if module.method in _SELF_PROJECTED else module.weight.detach()
+    backend = module._backend
+    backend.restored(module)
+    weight = backend.matrix(module)
     try:
         checked = module._entry(weight, "the loaded weight")
     except ValueError:
@@ -484,19 +315,7 @@ def _check_loaded_state(module: OrthogonalLinear, incompatible_keys) -> None:
             module.load_state_dict(saved)
         raise
     if checked is not weight:
-        if module.method in _SELF_PROJECTED:
-            weight.copy_(checked)
-            module._mark_exact()
-        else:
-            module.weight = checked
-
-
-@torch.no_grad()
-def _make_rotation_(w: torch.Tensor) -> None:
-    """Turn an orthogonal ``w`` with determinant -1 into the nearest rotation (flip the direction of its smallest
-    singular value, here any: all are 1); a no-op for a rotation."""
-    if float(torch.linalg.det(w.double())) < 0:
-        w[:, -1].neg_()
+        backend.load(module, checked)
 
 
 def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
@@ -504,16 +323,21 @@ def _mark_loaded_exact(module: OrthogonalLinear, incompatible_keys) -> None:
     _check_loaded_state(module, incompatible_keys)
 
 
-def _retraction_pre_hook(module: OrthogonalLinear, args) -> None:
-    # Under torch.compile the retraction runs outside the graph (a graph break). torch.compiler.disable is applied
+def _sync_before_forward(module: OrthogonalLinear, args) -> None:
+    # Under torch.compile the sync runs outside the graph (a graph break). torch.compiler.disable is applied
     # lazily (torch._disable_dynamo imports torch._dynamo at its first call): as a decorator here it would import
     # torch._dynamo (~2 s) with relaxedortho.
     if torch.compiler.is_compiling():
-        _retract_outside_graph(module)
+        _sync_outside_graph(module)
     else:
-        module._retract_if_stale()
+        module._backend.sync(module)
 
 
 @torch._disable_dynamo
-def _retract_outside_graph(module: OrthogonalLinear) -> None:
-    module._retract_if_stale()
+def _sync_outside_graph(module: OrthogonalLinear) -> None:
+    module._backend.sync(module)
+
+
+#: the forward pre-hook of earlier versions (registered in modules they pickled)
+_retraction_pre_hook = _sync_before_forward
+_SYNC_HOOKS = (_sync_before_forward,)

@@ -17,8 +17,8 @@ from .._checks import check_device, check_features, check_positive
 from .._geoopt import geoopt
 from ..linalg import random_orthogonal
 from ..polar_projection import project_orthonormal_
-from ._step_guard import guard, non_finite_step_message, restore_before_step
 from .base import AlignmentMap, check_dtype, entry_dtype, initial_weight, orthonormal_entry
+from .optimizer_hooks import RegistersWithOptimizers, non_finite_step_message, restore_before_step
 
 
 #: With ``canonical=True`` the weight is re-projected (:func:`~relaxedortho.polar_projection.project_orthonormal`, one
@@ -43,7 +43,7 @@ def riemannian_lr(lr: float, in_features: int, out_features: int) -> float:
     return lr * math.sqrt(in_features * out_features)
 
 
-class StiefelLinear(AlignmentMap, nn.Module):
+class StiefelLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
     r"""Hard orthogonal map :math:`y = xA^\top (+ b)` whose weight is a geoopt Stiefel ``ManifoldParameter``.
 
     Args:
@@ -57,14 +57,15 @@ class StiefelLinear(AlignmentMap, nn.Module):
     Train with a geoopt Riemannian optimizer (plain ``torch.optim`` optimizers leave the manifold), at a
     learning rate scaled by :func:`riemannian_lr`; ``relaxedortho.fit_alignment`` does both.
 
-    After every ``torch.optim`` step that updates the weight (a global step hook, as for
-    :class:`~relaxedortho.OrthogonalLinear`): a step that wrote NaN or Inf is undone and raises
-    :class:`FloatingPointError`; with ``canonical=True`` the weight is re-projected every
-    :data:`CANONICAL_POLISH_EVERY` steps, which keeps it orthonormal to float32 rounding whichever optimizer
-    is used (the steps since the last re-projection are counted in the buffers ``polish_steps`` and
-    ``polish_moved``, saved with the map, so that a reloaded map re-projects at the same steps). A weight given by ``init``, :meth:`load_matrix_` or a loaded state is checked like every hard
-    map's (:func:`~relaxedortho.maps.base.orthonormal_entry`), and a weight edited by hand is projected back
-    (:meth:`project_`) at the next forward pass.
+    After every step of an optimizer registered with the map (:meth:`register_optimizer`; the one that
+    :func:`~relaxedortho.training.make_optimizer` and ``fit_alignment`` build is) that updates the weight: a step that
+    wrote NaN or Inf is undone and raises :class:`FloatingPointError`; with ``canonical=True`` the weight is
+    re-projected every :data:`CANONICAL_POLISH_EVERY` steps, which keeps it orthonormal to float32 rounding (the
+    steps since the last re-projection are counted in the buffers ``polish_steps`` and ``polish_moved``, saved
+    with the map, so that a reloaded map re-projects at the same steps). After the step of an optimizer it is not
+    registered with, and after an edit by hand, the weight is projected back (:meth:`project_`) at the next forward
+    pass. A weight given by ``init``, :meth:`load_matrix_` or a loaded state is checked like every hard map's
+    (:func:`~relaxedortho.maps.base.orthonormal_entry`).
 
     Example:
         >>> import torch
@@ -76,6 +77,7 @@ class StiefelLinear(AlignmentMap, nn.Module):
     """
 
     is_orthogonal = True
+    register_optimizer = RegistersWithOptimizers.register_optimizer  # documented with the class
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, canonical: bool = False,
                  init: Any = "orthogonal", device=None, dtype=None) -> None:
@@ -98,7 +100,6 @@ class StiefelLinear(AlignmentMap, nn.Module):
             _add_polish_buffers(self)
         self._register_load_state_dict_pre_hook(_keep_state_before_load, with_module=True)
         self.register_load_state_dict_post_hook(_check_loaded_state)
-        guard(self)
         self.register_forward_pre_hook(_stiefel_pre_hook)
         self._mark_exact()
 
@@ -109,21 +110,23 @@ class StiefelLinear(AlignmentMap, nn.Module):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)  # a deep copy or an unpickled map is guarded like the original
+        super().__setstate__(state)  # a deep copy or an unpickled map: new tensors, registered with no optimizer
         self._before_step = None
         if self.canonical and "polish_steps" not in self._buffers:  # pickled by an earlier version
             _add_polish_buffers(self)
-        guard(self)
         self._mark_exact()
 
-    # -- the step guard (maps/_step_guard.py) --------------------------------------------------------
+    # -- what an optimizer step touches (maps/optimizer_hooks.py) ----------------------------------------
     def _guarded_tensors(self) -> list[torch.Tensor]:
         return [self.stiefel_weight]
 
+    _trainable_tensors = _guarded_tensors
+
     @torch.no_grad()
-    def _check_after_step(self) -> None:
-        """After an optimizer step that updated the weight: restore it and raise if the step wrote NaN/Inf; with
-        ``canonical=True``, re-project it every :data:`CANONICAL_POLISH_EVERY` steps, or at once when the steps
+    def _after_own_step(self, optimizer) -> None:
+        """After an optimizer step that updated the weight: restore it and raise if the step wrote NaN/Inf; after
+        the step of an optimizer that is not Riemannian (not a geoopt optimizer: its step leaves the manifold),
+        re-project it; with ``canonical=True``, re-project it every :data:`CANONICAL_POLISH_EVERY` steps, or at once when the steps
         since the last re-projection moved it by more than :data:`CANONICAL_POLISH_DISTANCE` (Frobenius norm):
         the Cayley retraction's rounding grows with the step."""
         w = self.stiefel_weight.as_subclass(torch.Tensor)
@@ -133,7 +136,9 @@ class StiefelLinear(AlignmentMap, nn.Module):
         if not finite or not math.isfinite(moved):
             restore_before_step(self)
             raise FloatingPointError(non_finite_step_message("StiefelLinear"))
-        if self.canonical:  # the counters are buffers: a saved and reloaded map polishes at the same steps
+        if not isinstance(optimizer, geoopt.optim.mixin.OptimMixin):
+            project_orthonormal_(w)
+        elif self.canonical:  # the counters are buffers: a saved and reloaded map polishes at the same steps
             steps, total = int(self.polish_steps) + 1, float(self.polish_moved) + moved
             if steps >= CANONICAL_POLISH_EVERY or total > CANONICAL_POLISH_DISTANCE:
                 steps, total = 0, 0.0
@@ -155,7 +160,10 @@ class StiefelLinear(AlignmentMap, nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
-        """The ``out x in`` matrix (a view of the stored tall Stiefel point)."""
+        """The ``out x in`` matrix (a view of the stored tall Stiefel point), projected back first when an edit or
+        an unregistered optimizer's step changed it (a version comparison when nothing did)."""
+        if "_exact_version" in self.__dict__ and not torch.compiler.is_compiling():
+            _project_if_edited(self)
         w = self.stiefel_weight.as_subclass(torch.Tensor)
         return w.mT if self.wide else w
 
@@ -237,5 +245,7 @@ def _project_outside_graph(module: StiefelLinear) -> None:
 
 
 def _project_if_edited(module: StiefelLinear) -> None:
-    if module.stiefel_weight._version != module.__dict__.get("_exact_version"):
-        module.project_()
+    w = module.stiefel_weight
+    if w._version != module.__dict__.get("_exact_version"):
+        with torch.autocast(device_type=w.device.type, enabled=False):  # in the map's own dtype, never bf16
+            module.project_()

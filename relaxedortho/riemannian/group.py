@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._checks import as_float_tensor
-from ..maps.base import orthonormality_tolerance
+from ..linalg import orthonormality_tolerance
 
 __all__ = ["check_orthogonal", "determinant_sign", "special_polar"]
 
@@ -22,7 +22,7 @@ __all__ = ["check_orthogonal", "determinant_sign", "special_polar"]
 def check_orthogonal(R: Any, name: str = "R", *, square: bool = True, min_ndim: int = 2) -> torch.Tensor:
     r"""``R`` as a floating tensor of shape ``(..., n, n)`` (or ``(..., n, p)``, n ≥ p, with ``square=False``)
     whose matrices are orthonormal: :math:`\lVert R^\top R - I\rVert_F` at most
-    :func:`~relaxedortho.maps.base.orthonormality_tolerance` (``100·eps·p^1.5``; 1e-6 in float32), evaluated in
+    :func:`~relaxedortho.linalg.orthonormality_tolerance` (``100·eps·p^1.5``; 1e-6 in float32), evaluated in
     float64. Raises :class:`ValueError` (naming ``name``) otherwise.
 
     Example:

@@ -23,6 +23,7 @@ import torch
 from hypothesis import strategies as st
 
 from ..linalg import random_orthogonal
+from .maps import VARIANTS, variants
 
 __all__ = ["SHAPE_KINDS", "seeds", "float_dtypes", "shapes", "leading_shapes", "matrices", "orthogonal_matrices",
            "signed_permutations", "MAP_VARIANTS", "SQUARE_ONLY", "map_kwargs", "maps", "dtype_tolerance"]
@@ -151,24 +152,14 @@ def signed_permutations(draw, n: int | st.SearchStrategy | None = None,
     return p
 
 
-#: Constructor options of every map variant :func:`maps` can draw, keyed by a readable name.
-MAP_VARIANTS: dict[str, tuple[str, dict]] = {
-    "affine": ("AffineMap", {}),
-    "lambda-exact": ("LambdaOrthoLinear", {"lam": 0.5}),
-    "lambda-randomized": ("LambdaOrthoLinear", {"lam": 0.5, "estimator": "randomized", "num_probes": 4}),
-    "lambda-inf": ("LambdaOrthoLinear", {"lam": math.inf}),
-    "orthogonal-trivialization": ("OrthogonalLinear", {"method": "trivialization"}),
-    "orthogonal-retraction": ("OrthogonalLinear", {"method": "retraction"}),
-    "orthogonal-cayley": ("OrthogonalLinear", {"method": "cayley"}),
-    "orthogonal-matrix_exp": ("OrthogonalLinear", {"method": "matrix_exp"}),
-    "orthogonal-householder": ("OrthogonalLinear", {"method": "householder"}),
-    "stiefel": ("StiefelLinear", {}),
-    "stiefel-canonical": ("StiefelLinear", {"canonical": True}),
-}
+#: Constructor options of every map variant :func:`maps` can draw, keyed by a readable name: the variants of the
+#: registry :data:`relaxedortho.testing.maps.VARIANTS` tagged ``"basic"``.
+MAP_VARIANTS: dict[str, tuple[str, dict]] = {n: (VARIANTS[n].class_name, dict(VARIANTS[n].options))
+                                             for n in variants("basic")}
 
 
 #: Variants of :data:`MAP_VARIANTS` that exist for square maps only.
-SQUARE_ONLY: frozenset[str] = frozenset({"orthogonal-trivialization"})
+SQUARE_ONLY: frozenset[str] = frozenset(variants("basic", "square-only"))
 
 
 def _variant_names(variants: Sequence[str] | None) -> list[str]:

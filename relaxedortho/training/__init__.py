@@ -2,7 +2,8 @@
 
 - :func:`fit_alignment` / :class:`Trainer`: one map, MSE + its regularizer (``trainer.py``);
 - :func:`fit_pair` / :class:`PairTrainer`: the B/F objective of arXiv 2509.16664 (``pair.py``);
-- :func:`make_optimizer`: the right Adam per map (``optimizers.py``);
+- :func:`make_optimizer`: the right Adam per map, its hard maps registered with it (``optimizers.py``);
+  :func:`register_hard_maps` registers them with an optimizer of one's own;
 - :func:`save_checkpoint` / :func:`load_checkpoint`: exact resume (``checkpoint.py``);
 - :func:`gather_with_grad`, :func:`launch`: DDP helpers (``distributed.py``);
 - :func:`lambda_sweep`, :func:`plot_tradeoff`: the λ trade-off (``sweep.py``);
@@ -22,7 +23,7 @@ _EXPORTS = {
     "TrainHistory": ".history",
     "initialize_map": ".initialization",
     "default_lr": ".learning_rate",
-    **dict.fromkeys(["make_optimizer", "parameter_groups"], ".optimizers"),
+    **dict.fromkeys(["make_optimizer", "parameter_groups", "register_hard_maps"], ".optimizers"),
     **dict.fromkeys(["PairMaps", "PairTrainer", "fit_pair"], ".pair"),
     **dict.fromkeys(["SweepTable", "lambda_sweep", "neighbour_agreement", "plot_tradeoff"], ".sweep"),
     **dict.fromkeys(["NonFiniteLossError", "Trainer", "TrainingDivergedError", "default_retrieval_metric",
@@ -38,13 +39,14 @@ if TYPE_CHECKING:
     from .history import TrainHistory
     from .initialization import initialize_map
     from .learning_rate import default_lr
-    from .optimizers import make_optimizer, parameter_groups
+    from .optimizers import make_optimizer, parameter_groups, register_hard_maps
     from .pair import PairMaps, PairTrainer, fit_pair
     from .sweep import SweepTable, lambda_sweep, neighbour_agreement, plot_tradeoff
     from .trainer import NonFiniteLossError, Trainer, TrainingDivergedError, default_retrieval_metric, fit_alignment
 
 __all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "TrainingDivergedError",
            "default_retrieval_metric",
-           "fit_pair", "PairTrainer", "PairMaps", "make_optimizer", "parameter_groups", "save_checkpoint",
+           "fit_pair", "PairTrainer", "PairMaps", "make_optimizer", "parameter_groups", "register_hard_maps",
+           "save_checkpoint",
            "load_checkpoint", "gather_with_grad", "launch", "lambda_sweep", "SweepTable", "plot_tradeoff",
            "neighbour_agreement", "initialize_map", "default_lr"]

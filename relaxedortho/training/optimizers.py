@@ -5,8 +5,9 @@ r"""The right optimizer for each map of the spectrum.
   (:math:`\mathrm{lr}\sqrt{pq}` for a :math:`q \times p` matrix; geoopt keeps one second moment per manifold
   matrix, docs/math.md §4). Plain parameters in the same optimizer are treated as Euclidean, i.e. exactly Adam.
 - Every other map trains with :class:`torch.optim.Adam` (the paper's choice, arXiv 2509.16664 §4).
-  :class:`~relaxedortho.OrthogonalLinear` with ``method="trivialization"`` or ``"retraction"`` works with it
-  because its global optimizer step post-hook folds or re-projects the weight after every step.
+  :class:`~relaxedortho.OrthogonalLinear` works with it: :func:`make_optimizer` registers every hard map with the
+  optimizer it builds (:func:`~relaxedortho.maps.optimizer_hooks.register_hard_maps`), whose step hooks then fold,
+  re-project or check the weight after every step and undo a step that wrote NaN or Inf.
 - Weight decay (if any) never applies to orthogonal factors: it pulls them off the manifold (Endo et al.,
   arXiv 2505.12021; docs/math.md §8). Their biases are decayed like other parameters.
 """
@@ -19,6 +20,9 @@ from torch import nn
 
 from .._checks import check_nonnegative, check_positive
 from .._geoopt import is_manifold_parameter as _is_manifold  # geoopt is imported only for a manifold parameter
+from ..maps.optimizer_hooks import register_hard_maps
+
+__all__ = ["make_optimizer", "parameter_groups", "register_hard_maps"]
 
 
 def parameter_groups(module: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
@@ -68,7 +72,10 @@ def make_optimizer(module: nn.Module, lr: float, *, weight_decay: float = 0.0,
     r"""Adam for ``module``, Riemannian where it must be (see the module documentation).
 
     Returns :class:`geoopt.optim.RiemannianAdam` when ``module`` holds a manifold parameter, else
-    :class:`torch.optim.Adam`; the groups come from :func:`parameter_groups`.
+    :class:`torch.optim.Adam`; the groups come from :func:`parameter_groups`. Every hard map of ``module`` is
+    registered with it (:func:`~relaxedortho.maps.optimizer_hooks.register_hard_maps`): after each step its weight
+    is orthonormal to rounding, and a step that wrote NaN or Inf into it is undone and raises
+    :class:`FloatingPointError`.
 
     Example:
         >>> import relaxedortho as ro
@@ -80,5 +87,7 @@ def make_optimizer(module: nn.Module, lr: float, *, weight_decay: float = 0.0,
     groups = parameter_groups(module, lr, weight_decay)
     if any(g["name"] == "manifold" for g in groups):
         from .._geoopt import geoopt
-        return geoopt.optim.RiemannianAdam(groups, lr=lr, betas=betas, eps=eps)
-    return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+        optimizer = geoopt.optim.RiemannianAdam(groups, lr=lr, betas=betas, eps=eps)
+    else:
+        optimizer = torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+    return register_hard_maps(module, optimizer)

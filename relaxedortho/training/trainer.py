@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import FLOAT_DTYPES, check_int, check_nonnegative, check_positive
+from ..maps.optimizer_hooks import register_hard_maps
 from .checkpoint import load_checkpoint, load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 from .data import RowArray, check_same_length, epoch_order
 from .distributed import is_distributed, rank_and_world, shard
@@ -375,7 +376,7 @@ class Trainer:
         if not any(id(p) in own for g in opt.param_groups for p in g["params"]):
             raise ValueError("optimizer holds none of the module's parameters (was it built for another module?); "
                              "build it from module.parameters() or pass optimizer=None")
-        return opt
+        return register_hard_maps(self.module, opt)  # the hard maps are brought back after each of its steps
 
     def _check_scale(self, arrays: list[RowArray]) -> None:
         """With the default (squared-error) loss, refuse features whose squares overflow the training dtype."""

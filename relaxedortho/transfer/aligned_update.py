@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from .._checks import as_float_tensor, as_state_dict, check_nonnegative, check_paired
 from ..linalg import polar
 from ..maps import LambdaOrthoLinear
+from ..maps.base import linear_copy
 from .task_vectors import check_module
 
 
@@ -183,13 +184,7 @@ class TransferredLinear(nn.Module):
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
         """A plain :class:`torch.nn.Linear` holding the effective weight and bias (the same outputs)."""
-        w = self.effective_weight().detach()
-        b = self.effective_bias()
-        lin = nn.Linear(self.in_features, self.out_features, bias=b is not None, dtype=w.dtype, device=w.device)
-        lin.weight.copy_(w)
-        if b is not None:
-            lin.bias.copy_(b.detach())
-        return lin
+        return linear_copy(self.effective_weight(), self.effective_bias())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}"
