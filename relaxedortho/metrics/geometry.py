@@ -66,7 +66,7 @@ def gram_distortion(source: torch.Tensor, mapped: torch.Tensor) -> float:
     Example:
         >>> import torch
         >>> x = torch.randn(20, 4, dtype=torch.float64)
-        >>> gram_distortion(x, 2.0 * x)  # every inner product times 4
+        >>> round(gram_distortion(x, 2.0 * x), 12)  # every inner product times 4
         3.0
     """
     source, mapped = _paired_rows(source, mapped)
