@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  lambda      trained only: LambdaOrthoLinear, penalty sigmoid(alpha(||G-I||_F - λ)) ||G-I||_F\n"
             "              (Ricci et al. 2025); --lam sets λ (inf = affine).\n"
             "  affine      closed: least squares on centred data; trained: AffineMap with Adam.\n"
-            "  band        closed: singular values clipped to [sqrt(1-eps), sqrt(1+eps)], refined by projected\n"
-            "              gradient (docs/math.md §5); --eps sets eps.\n\n" + FORMATS_HELP +
+            "  band        closed: least squares with singular values in [sqrt(1-eps), sqrt(1+eps)] (band-constrained\n"
+            "              relaxed Procrustes, docs/math.md §5); --eps sets eps.\n\n" + FORMATS_HELP +
             "\nWith --labels (one per pair) the command also reports leave-one-out retrieval of B(source) against\n"
             "target on the training pairs (first 2000 rows)."),
         epilog="examples:\n"
