@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 from .arguments import (FORMATS_HELP, _Formatter, _add_training_options, _float_list, _int_list, _lam,
                         _nonneg_int, _positive_float, _positive_int)
@@ -11,6 +12,20 @@ from .evaluate import cmd_eval
 from .fit import cmd_fit
 from .map_factory import MAP_KINDS
 from .sweep import cmd_sweep
+
+
+
+def _command(sub: Any, name: str, func: Any, **parser_options: Any) -> argparse.ArgumentParser:
+    """A subcommand parser (the manual-style help formatter) that runs ``func(args)``."""
+    p = sub.add_parser(name, formatter_class=_Formatter, **parser_options)
+    p.set_defaults(func=func)
+    return p
+
+def _add_pair_files(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The two paired feature files and the output of ``fit`` and ``sweep``."""
+    p.add_argument("source", help="source feature file (rows = items), e.g. new-model embeddings")
+    p.add_argument("target", help="target feature file, same rows as source, e.g. old-model embeddings")
+    p.add_argument("--out", required=True, help=out_help)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``relaxedortho`` command (all subcommands)."""
@@ -32,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
     # demo ---------------------------------------------------------------------------------------------
-    d = sub.add_parser(
-        "demo", formatter_class=_Formatter, help="backward-compatible retrieval on real data (the main demo)",
+    d = _command(sub, "demo", cmd_demo, help="backward-compatible retrieval on real data (the main demo)",
         description=(
             "Class-extension scenario of Ricci et al. (NeurIPS 2025, arXiv 2509.16664): an 'old' MLP trained on\n"
             "half of the classes and a 'new' MLP (other seed, one more layer) trained on all classes, both frozen.\n"
@@ -70,11 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the unmapped new/old row is not applicable)")
     d.add_argument("--quick", action="store_true", help="reduced epochs and fewer λ values (a smoke test)")
     d.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    d.set_defaults(func=cmd_demo)
 
     # fit ----------------------------------------------------------------------------------------------
-    f = sub.add_parser(
-        "fit", formatter_class=_Formatter, help="fit a map between two feature files and save it",
+    f = _command(sub, "fit", cmd_fit, help="fit a map between two feature files and save it",
         description=(
             "Fit a map B with B(source_i) ≈ target_i (row i of both files describes the same item), minimising\n"
             "the squared error ||B(X) - Y||_F^2 (closed forms; trained maps: its element-wise mean plus the map's\n"
@@ -96,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  relaxedortho fit new.npy old.npy --kind lambda --lam 2 --epochs 200 --out b.pt\n"
                "  relaxedortho fit feats.npz:new feats.npz:old --kind band --eps 0.5 --labels y.txt --out b.pt\n"
                "  relaxedortho fit new.pt old.pt --kind affine --solver trained --device cuda --out b.pt")
-    f.add_argument("source", help="source feature file (rows = items), e.g. new-model embeddings")
-    f.add_argument("target", help="target feature file, same rows as source, e.g. old-model embeddings")
-    f.add_argument("--out", required=True, help="file to write the map to (relaxedortho.save format, .pt)")
+    _add_pair_files(f, "file to write the map to (relaxedortho.save format, .pt)")
     f.add_argument("--kind", choices=MAP_KINDS, default="orthogonal", help="map of the spectrum")
     f.add_argument("--solver", choices=("closed", "trained"), default=None,
                    help="closed form or gradient training (default: closed, except trained for lambda)")
@@ -111,11 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                           seed_help="random seed (trained solver)")
     f.add_argument("--json", default=None, help="also write a JSON summary to this file")
     f.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    f.set_defaults(func=cmd_fit)
 
     # eval ---------------------------------------------------------------------------------------------
-    e = sub.add_parser(
-        "eval", formatter_class=_Formatter, help="retrieval and compatibility metrics of a saved map",
+    e = _command(sub, "eval", cmd_eval, help="retrieval and compatibility metrics of a saved map",
         description=(
             "Evaluate a saved map B (new -> old) for compatible retrieval: queries embedded by the new model are\n"
             "mapped by B and searched in a gallery embedded by the old model (cosine similarity). Reports CMC\n"
@@ -137,11 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--topk", type=_int_list, default=[1, 5], help="comma-separated k of CMC top-k")
     e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.add_argument("--json", default=None, help="also write the metrics as JSON to this file")
-    e.set_defaults(func=cmd_eval)
 
     # sweep --------------------------------------------------------------------------------------------
-    s = sub.add_parser(
-        "sweep", formatter_class=_Formatter, help="λ sweep of λ-orthogonal maps with a plot",
+    s = _command(sub, "sweep", cmd_sweep, help="λ sweep of λ-orthogonal maps with a plot",
         description=(
             "Train one LambdaOrthoLinear map source -> target per λ (λ = inf is the free affine map) on a\n"
             "training share of the pairs and measure, on the held-out pairs: the fit (mean squared error per\n"
@@ -152,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  relaxedortho sweep new.npy old.npy --out sweep-out\n"
                "  relaxedortho sweep new.npy old.npy --lams 0,1,4,16,inf --labels y.npy --epochs 200 --out s")
-    s.add_argument("source", help="source feature file (rows = items)")
-    s.add_argument("target", help="target feature file (same rows)")
-    s.add_argument("--out", required=True, help="output folder for sweep.json and sweep.png")
+    _add_pair_files(s, "output folder for sweep.json and sweep.png")
     s.add_argument("--lams", type=_float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0, math.inf],
                    help="comma-separated λ values (inf allowed)")
     s.add_argument("--labels", default=None, help="optional label file (one per pair)")
@@ -162,11 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(s, "", epochs_help="training epochs per λ", seed_help="random seed (split and training)")
     s.add_argument("--save-maps", action="store_true", help="also save each map as OUT/map_lam=λ.pt")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    s.set_defaults(func=cmd_sweep)
 
     # transfer-demo ------------------------------------------------------------------------------------
-    t = sub.add_parser(
-        "transfer-demo", formatter_class=_Formatter, help="cross-model task-vector transfer demo",
+    t = _command(sub, "transfer-demo", cmd_transfer_demo, help="cross-model task-vector transfer demo",
         description=(
             "Transfer a task vector tau = W_finetuned - W_pretrained from a source model to an independently\n"
             "trained target model through orthogonal / λ-orthogonal maps U (W_target + U^T tau U; Endo, Kera,\n"
@@ -177,11 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
     t.add_argument("--quick", action="store_true", help="reduced size (a smoke test)")
     t.add_argument("--quiet", action="store_true", help="no progress display")
-    t.set_defaults(func=cmd_transfer_demo)
 
     # compat-bench -------------------------------------------------------------------------------------
-    c = sub.add_parser(
-        "compat-bench", formatter_class=_Formatter, help="compatible-learning methods side by side",
+    c = _command(sub, "compat-bench", cmd_compat_bench, help="compatible-learning methods side by side",
         description=(
             "Class-extension protocol (BCT/FCT/BT2/OCA): an old CNN trained on half of the classes, a larger new CNN\n"
             "(other seed) on all classes, both frozen. Runs, on the same split: Procrustes and the λ-orthogonal B/F\n"
@@ -209,5 +209,4 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (split, models, maps)")
     c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    c.set_defaults(func=cmd_compat_bench)
     return p
