@@ -608,6 +608,19 @@ row(training.PairMaps, lambda f: training.PairMaps(ro.AffineMap(4, 4), "F"), Typ
     "PairMaps-not-a-module")
 row(training.make_optimizer, lambda f: training.make_optimizer(ro.AffineMap(4, 4), lr=0.0), ValueError, "lr",
     "make_optimizer-zero-lr")
+row(training.train_module, lambda f: training.train_module(nn.Linear(2, 1), lambda m, a: m(a).sum(),
+    [torch.randn(4, 2)], epochs=0, batch_size=2, lr=0.1), ValueError, "epochs", "train_module-zero-epochs")
+row(training.train_module, lambda f: training.train_module(nn.Linear(2, 1), lambda m, a, b: m(a).sum(),
+    [torch.randn(4, 2), torch.randn(3)], epochs=1, batch_size=2, lr=0.1), ValueError, "rows",
+    "train_module-unpaired-rows")
+row(training.train_module, lambda f: training.train_module(nn.Linear(2, 1), lambda m, a: m(a).sum() * math.nan,
+    [torch.randn(4, 2)], epochs=1, batch_size=2, lr=0.1), ValueError, "loss became nan", "train_module-nan-loss")
+row(training.train_classifier, lambda f: training.train_classifier(nn.Linear(2, 3), torch.randn(4, 2),
+    torch.tensor([0, 1, 2, 0]), epochs=1, batch_size=0, lr=0.1, seed=0), ValueError, "batch_size",
+    "train_classifier-zero-batch")
+row(training.train_classifier, lambda f: training.train_classifier(nn.Linear(2, 3), torch.randn(4, 2),
+    torch.tensor([0, 1, 2, 0]), epochs=1, batch_size=2, lr=-1.0, seed=0), ValueError, "lr",
+    "train_classifier-negative-lr")
 row(training.make_optimizer, lambda f: training.make_optimizer("model", lr=1e-3), TypeError, "module",
     "make_optimizer-not-a-module")
 row(training.register_hard_maps, lambda f: training.register_hard_maps("model", torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)),

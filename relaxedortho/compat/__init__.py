@@ -7,7 +7,7 @@ query interpolation, and methods that train the new model; one class-extension p
 - :mod:`~relaxedortho.compat.oca`: OCA's orthogonal transformation layer (Ricci et al. 2024);
 - :mod:`~relaxedortho.compat.bt2`: BT²'s basis transformations (Zhou et al. 2023);
 - :mod:`~relaxedortho.compat.protocol`: the class-extension protocol (data, old/new CNNs, retrieval);
-- :mod:`~relaxedortho.compat.train_loop`: the mini-batch loop the trained methods share;
+- :func:`~relaxedortho.training.train_module` (the training package's mini-batch loop) trains every method that learns;
 - :mod:`~relaxedortho.compat.bench`: :func:`run_compat_bench`, ``relaxedortho compat-bench``.
 
 The Procrustes and λ-orthogonal reference rows come from :func:`relaxedortho.fit_closed_form` and
@@ -19,7 +19,7 @@ from .fct import (FastFillTransformation, FCTTransformation, fastfill_loss, fct_
                   uncertainty_order)
 from .oca import OCAModel, oca_loss
 from .slerp import SlerpCompatibility, fit_slerp, slerp
-from .train_loop import train_module
+from ..training.minibatch import train_module
 
 
 def __getattr__(name: str):

@@ -169,7 +169,7 @@ def _trained(ext, cfg, baselines, methods, log, seed) -> None:
     from .bct import bct_loss, centroid_classifier, class_means, synthesized_classifier
     from .bt2 import BT2Model, bt2_loss
     from .oca import OCAModel, oca_loss
-    from .train_loop import train_module
+    from ..training.minibatch import train_module
 
     X, tr, y = ext.X, ext.train, ext.train_labels
     side, n_cls = _side(ext), ext.n_classes

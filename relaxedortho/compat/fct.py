@@ -170,7 +170,7 @@ def fit_fct(old: Any, new: Any, side: Any = None, *, hidden: int = 2048, epochs:
     """Train an :class:`FCTTransformation` from paired old/new embeddings (and side information) with
     :func:`fct_loss`; returns it in ``eval()`` mode. Defaults are the reference's CIFAR-100 configuration (Adam,
     lr 5e-4, weight decay 2⁻¹⁵, batch 1024, 80 epochs; its cosine schedule is left out)."""
-    from .train_loop import train_module
+    from ..training.minibatch import train_module
 
     o, n, s = _checked_pair(old, new, side)
     torch.manual_seed(seed)
@@ -191,7 +191,7 @@ def fit_fastfill(old: Any, new: Any, side: Any = None, *, labels: Any = None, cl
     point-to-cluster term; the transformed features are multiplied by ``classifier_scale`` before it (e.g. the
     mean norm of the raw new embeddings when ``new`` is normalised). Other defaults as in :func:`fit_fct`.
     """
-    from .train_loop import train_module
+    from ..training.minibatch import train_module
 
     o, n, s = _checked_pair(old, new, side)
     y = None

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..training.minibatch import train_classifier
+
 __all__ = ["ProtocolConfig", "protocol_config", "SmallCNN", "ClassExtension", "build_protocol",
-           "resolve_dataset", "train_classifier"]
+           "resolve_dataset"]
 
 DATASETS = ("auto", "digits", "fashion-mnist")
 
@@ -137,16 +139,6 @@ def batched(fn, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
     """``fn`` applied to slices of ``batch`` rows of ``x`` under :func:`torch.no_grad`, concatenated."""
     with torch.no_grad():
         return torch.cat([fn(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
-
-
-def train_classifier(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
-                     batch_size: int, seed: int) -> nn.Module:
-    """Train ``model`` with cross-entropy (Adam) and freeze it (no gradients, ``eval()``)."""
-    from .train_loop import train_module
-
-    train_module(model, lambda m, xb, yb: nn.functional.cross_entropy(m(xb), yb), [X, y], epochs=epochs,
-                 batch_size=batch_size, lr=lr, seed=seed, freeze=True)
-    return model
 
 
 @dataclass

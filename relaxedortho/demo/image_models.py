@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..training.minibatch import train_classifier
 from .config import DemoConfig
+
 
 class MLP(nn.Module):
     """Feature extractor ``depth`` × (Linear, ReLU) → Linear(width) plus a linear classifier head."""
@@ -30,18 +32,6 @@ class MLP(nn.Module):
 
 
 def _train_classifier(model: MLP, X: torch.Tensor, y: torch.Tensor, cfg: DemoConfig, seed: int) -> MLP:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.model_lr)
-    n = X.shape[0]
-    model.train()
-    for _ in range(cfg.model_epochs):
-        perm = torch.randperm(n, generator=g).to(X.device)
-        for s in range(0, n, cfg.model_batch):
-            idx = perm[s:s + cfg.model_batch]
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    """The demo's schedule for :func:`relaxedortho.training.train_classifier` (the model ends frozen)."""
+    return train_classifier(model, X, y, epochs=cfg.model_epochs, batch_size=cfg.model_batch, lr=cfg.model_lr,
+                            seed=seed)

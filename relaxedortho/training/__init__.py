@@ -22,6 +22,7 @@ _EXPORTS = {
     **dict.fromkeys(["gather_with_grad", "launch"], ".distributed"),
     "TrainHistory": ".history",
     "initialize_map": ".initialization",
+    **dict.fromkeys(["train_classifier", "train_module"], ".minibatch"),
     "default_lr": ".learning_rate",
     **dict.fromkeys(["make_optimizer", "parameter_groups", "register_hard_maps"], ".optimizers"),
     **dict.fromkeys(["PairMaps", "PairTrainer", "fit_pair"], ".pair"),
@@ -30,7 +31,7 @@ _EXPORTS = {
                      "fit_alignment"], ".trainer"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["checkpoint", "data", "distributed", "history", "initialization",
-                                                         "learning_rate", "optimizers",
+                                                         "learning_rate", "minibatch", "optimizers",
                                                          "pair", "precision", "sweep", "trainer"])
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .history import TrainHistory
     from .initialization import initialize_map
     from .learning_rate import default_lr
+    from .minibatch import train_classifier, train_module
     from .optimizers import make_optimizer, parameter_groups, register_hard_maps
     from .pair import PairMaps, PairTrainer, fit_pair
     from .sweep import SweepTable, lambda_sweep, neighbour_agreement, plot_tradeoff
@@ -49,4 +51,4 @@ __all__ = ["fit_alignment", "Trainer", "TrainHistory", "NonFiniteLossError", "Tr
            "fit_pair", "PairTrainer", "PairMaps", "make_optimizer", "parameter_groups", "register_hard_maps",
            "save_checkpoint",
            "load_checkpoint", "gather_with_grad", "launch", "lambda_sweep", "SweepTable", "plot_tradeoff",
-           "neighbour_agreement", "initialize_map", "default_lr"]
+           "neighbour_agreement", "initialize_map", "default_lr", "train_module", "train_classifier"]

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .._checks import check_int
 from ..files import write_json
 from ..maps import LambdaOrthoLinear, OrthogonalLinear
+from ..training.minibatch import train_classifier
 from .aligned_update import (TransferredLinear, layer_inputs, merge_transferred, procrustes_weight,
                              soft_orthogonal_map, transfer_maps, transfer_task_vector)
 from .few_shot import finetune_few_shot, train_transfer_maps
@@ -70,18 +70,8 @@ def make_mlp(hidden: int, seed: int) -> nn.Sequential:
 
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
                  lr: float = 1e-3, batch_size: int = 32) -> None:
-    """Minibatch Adam on cross-entropy; the data order comes from ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(x.shape[0], generator=g)
-        for i in range(0, x.shape[0], batch_size):
-            idx = perm[i:i + batch_size]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    """Minibatch Adam on cross-entropy (the project's one mini-batch loop); the data order comes from ``seed``."""
+    train_classifier(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, freeze=False)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-r"""The mini-batch loop shared by every method of :mod:`relaxedortho.compat` that trains a module.
+r"""The one mini-batch loop for modules trained on a loss the caller writes: the demo's and the transfer
+experiment's classifiers and every trained method of :mod:`relaxedortho.compat`.
 
 :func:`train_module` runs ``epochs`` passes of shuffled mini-batches over paired tensors and minimises a
 loss the caller writes, ``loss_fn(module, *batch) -> scalar``. The optimizer is
@@ -15,7 +16,7 @@ from torch import nn
 
 from .._checks import check_int, check_nonnegative, check_positive
 
-__all__ = ["train_module"]
+__all__ = ["train_module", "train_classifier"]
 
 
 def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor], *,
@@ -46,7 +47,7 @@ def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensor
         >>> losses[-1] < 1e-3
         True
     """
-    from ..training import make_optimizer
+    from .optimizers import make_optimizer
 
     check_int(epochs, "epochs")
     check_int(batch_size, "batch_size")
@@ -84,3 +85,12 @@ def train_module(module: nn.Module, loss_fn: Callable[..., torch.Tensor], tensor
         for p in module.parameters():
             p.requires_grad_(False)
     return history
+
+
+def train_classifier(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
+                     batch_size: int, seed: int, freeze: bool = True) -> nn.Module:
+    """Train ``model`` on cross-entropy of its logits against the class indices ``y`` with :func:`train_module`
+    (Adam, shuffled mini-batches from ``seed``); returns it in ``eval()`` mode, frozen unless ``freeze=False``."""
+    train_module(model, lambda m, xb, yb: nn.functional.cross_entropy(m(xb), yb), [X, y], epochs=epochs,
+                 batch_size=batch_size, lr=lr, seed=seed, freeze=freeze)
+    return model
