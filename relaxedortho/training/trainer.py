@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -95,6 +96,21 @@ def default_retrieval_metric(mapped: torch.Tensor, target: torch.Tensor, labels:
         labels = torch.arange(mapped.shape[0], device=mapped.device)
     return float(metrics.cmc(mapped, target, labels, labels, topk=(1,))[1])
 
+
+
+@dataclass(frozen=True)
+class _EpochRun:
+    """What every epoch of one :meth:`Trainer.fit` call shares."""
+
+    arrays: list
+    n: int
+    rank: int
+    world: int
+    steps: int
+    warmup: int
+    order_device: torch.device
+    step_hooks: list
+    fingerprint: Any
 
 class Trainer:
     r"""Mini-batch trainer of one map (subclass it for other objectives) with hooks.
@@ -458,10 +474,65 @@ class Trainer:
         rank, world = rank_and_world()
         if world > 1 and self.batch_size < world:
             raise ValueError(f"batch_size ({self.batch_size}) must be at least the number of processes ({world})")
+        steps_per_epoch, resuming, fingerprint = self._setup(arrays, n, world)
+        warmup = self.warmup if self.optimizer_spec is None else 0
+        warm = 1.0  # the warm-up factor now applied to the groups' learning rates
+        # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
+        self._pending: tuple[list, list] = ([], [])
+        # this epoch's sums of the flushed losses and regularizers (over processes), and of the squared
+        # step-to-step changes of the loss, their count and the last step's loss (the noise of the epoch mean)
+        acc = _new_acc()
+        early = {"best": None, "best_epoch": None, "bad": 0, "best_state": None}
+        start_epoch, start_batch = 0, 0
+        self.step = 0
+        self._last_good_step = None
+        if resuming:
+            state = self._load(fingerprint)
+            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+            acc = [float(v) for v in state["acc"]] + _new_acc()[len(state["acc"]):]
+            warm = min(1.0, self.step / warmup) if warmup and self.step else 1.0  # in the loaded lrs
+            early = state["early"]
+        floor = self._loss_floor(arrays) if self.divergence_factor is not None else 0.0
+        run = _EpochRun(arrays=arrays, n=n, rank=rank, world=world, steps=steps_per_epoch, warmup=warmup,
+                        order_device=arrays[0].data.device if not arrays[0].memmap else torch.device("cpu"),
+                        step_hooks=self._hooks("on_step_end"), fingerprint=fingerprint)
+        stopped = False
+        self._call("on_train_begin")
+        for epoch in range(start_epoch, self.epochs):
+            self.epoch = epoch
+            self._call("on_epoch_begin", epoch)
+            warm = self._run_epoch(run, epoch, start_batch, warm, acc, early)
+            start_batch = 0
+            logs = self._record_epoch(epoch, acc, steps_per_epoch, world)
+            acc = _new_acc()
+            if val is not None and (epoch + 1) % self.val_every == 0:
+                stopped = self._validate(epoch, val, metric_fn, early, logs)
+            self._call("on_epoch_end", epoch, logs)
+            if stopped:
+                self.history.stopped_early = True
+                self.history.stop_reason = "early_stopping"
+                break
+            if self._tol_reached(epoch):
+                stopped = True
+                self.history.stop_reason = "converged"
+                break
+        if val is not None and early["best_state"] is not None and self.restore_best and self.early_stopping:
+            self.module.load_state_dict(early["best_state"])
+        self._check_divergence(early, floor)
+        self._check_convergence()
+        if self.checkpoint is not None:
+            self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
+        self._call("on_train_end", self.history)
+        return self.history
+
+    def _setup(self, arrays: list, n: int, world: int) -> tuple[int, bool, Any]:
+        """Before the first step: the module on its device, the working dtype, the seed, preloading, the DDP
+        wrapper, the grad scaler, the steps per epoch, the start (unless resuming), the learning rate and the
+        optimizer. Returns ``(steps per epoch, resuming, the run's fingerprint)``."""
         device = self.device
         self.module.to(device)
-        params = [p for p in self.module.parameters()]
-        self._dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+        self._params = [p for p in self.module.parameters()]
+        self._dtype = next((p.dtype for p in self._params if p.is_floating_point()), torch.float32)
         self._has_regularizer = self._module_has_regularizer()
         if self.seed is None:
             self.seed = int(torch.randint(0, 2 ** 62, (1,)))
@@ -492,92 +563,52 @@ class Trainer:
         self.history.tol = self.tol
         fingerprint = self._fingerprint(n, world)
         self.optimizer = self._make_optimizer()
-        warmup = self.warmup if self.optimizer_spec is None else 0
-        warm = 1.0  # the warm-up factor now applied to the groups' learning rates
-        # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
-        self._pending: tuple[list, list] = ([], [])
-        # this epoch's sums of the flushed losses and regularizers (over processes), and of the squared
-        # step-to-step changes of the loss, their count and the last step's loss (the noise of the epoch mean)
-        acc = _new_acc()
-        early = {"best": None, "best_epoch": None, "bad": 0, "best_state": None}
-        start_epoch, start_batch = 0, 0
-        self.step = 0
-        self._last_good_step = None
-        if resuming:
-            state = self._load(fingerprint)
-            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-            acc = [float(v) for v in state["acc"]] + _new_acc()[len(state["acc"]):]
-            warm = min(1.0, self.step / warmup) if warmup and self.step else 1.0  # in the loaded lrs
-            early = state["early"]
-        floor = self._loss_floor(arrays) if self.divergence_factor is not None else 0.0
-        order_device = arrays[0].data.device if not arrays[0].memmap else torch.device("cpu")
-        step_hooks = self._hooks("on_step_end")
-        ckpt_every = self.checkpoint_every
-        pbar = None
-        stopped = False
-        self._call("on_train_begin")
-        try:
-            for epoch in range(start_epoch, self.epochs):
-                self.epoch = epoch
-                self._call("on_epoch_begin", epoch)
-                order = epoch_order(n, epoch, self.seed, self.shuffle)
-                if order is not None:
-                    order = order.to(order_device)
-                if self.progress and rank == 0:
-                    from tqdm.auto import tqdm
+        return steps_per_epoch, resuming, fingerprint
 
-                    pbar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{self.epochs}",
-                                leave=False, dynamic_ncols=True)
-                self.model.train()
-                for b in range(start_batch, steps_per_epoch):
-                    lo, hi = b * B, min(n, (b + 1) * B)
-                    index, n_local = shard(order[lo:hi] if order is not None else slice(lo, hi), rank, world)
-                    self.shard_scale = n_local * world / (hi - lo)
-                    batch = [a.rows(index, device, self._dtype) for a in arrays]
-                    loss, reg, warm = self._optimizer_step(batch, params, warmup, warm)
-                    self._pending[0].append(loss.detach())
-                    if reg is not None:
-                        self._pending[1].append(reg.detach())
-                    for fn in step_hooks:
-                        fn(self.step, loss.detach())
-                    if pbar is not None:
-                        pbar.update(1)
-                    due_ckpt = ckpt_every is not None and self.step % ckpt_every == 0
-                    if due_ckpt or self.step % self.log_every == 0:
-                        self._flush(acc, b + 1, pbar)
-                        if due_ckpt:
-                            self._save(epoch, b + 1, acc, fingerprint, early)
-                start_batch = 0
-                self._flush(acc, steps_per_epoch, pbar)
+    def _run_epoch(self, run: "_EpochRun", epoch: int, start_batch: int, warm: float, acc: list,
+                   early: dict) -> float:
+        """The optimizer steps of one epoch from batch ``start_batch`` (flushing the losses into ``acc`` and
+        writing checkpoints when due); returns the warm-up factor now applied."""
+        B, device = self.batch_size, self.device
+        order = epoch_order(run.n, epoch, self.seed, self.shuffle)
+        if order is not None:
+            order = order.to(run.order_device)
+        pbar = None
+        if self.progress and run.rank == 0:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=run.steps, initial=start_batch, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                        dynamic_ncols=True)
+        try:
+            self.model.train()
+            for b in range(start_batch, run.steps):
+                lo, hi = b * B, min(run.n, (b + 1) * B)
+                index, n_local = shard(order[lo:hi] if order is not None else slice(lo, hi), run.rank, run.world)
+                self.shard_scale = n_local * run.world / (hi - lo)
+                batch = [a.rows(index, device, self._dtype) for a in run.arrays]
+                loss, reg, warm = self._optimizer_step(batch, self._params, run.warmup, warm)
+                self._pending[0].append(loss.detach())
+                if reg is not None:
+                    self._pending[1].append(reg.detach())
+                for fn in run.step_hooks:
+                    fn(self.step, loss.detach())
                 if pbar is not None:
-                    pbar.close()
-                    pbar = None
-                logs = self._record_epoch(epoch, acc, steps_per_epoch, world)
-                acc = _new_acc()
-                if val is not None and (epoch + 1) % self.val_every == 0:
-                    stopped = self._validate(epoch, val, metric_fn, early, logs)
-                self._call("on_epoch_end", epoch, logs)
-                if stopped:
-                    self.history.stopped_early = True
-                    self.history.stop_reason = "early_stopping"
-                    break
-                if self.tol is not None and epoch + 1 >= self.tol_patience and not any(
-                        _still_falling(self.history, e, self.tol)
-                        for e in range(epoch + 1 - self.tol_patience, epoch + 1)):
-                    stopped = True
-                    self.history.stop_reason = "converged"
-                    break
+                    pbar.update(1)
+                due_ckpt = self.checkpoint_every is not None and self.step % self.checkpoint_every == 0
+                if due_ckpt or self.step % self.log_every == 0:
+                    self._flush(acc, b + 1, pbar)
+                    if due_ckpt:
+                        self._save(epoch, b + 1, acc, run.fingerprint, early)
+            self._flush(acc, run.steps, pbar)
         finally:
             if pbar is not None:
                 pbar.close()
-        if val is not None and early["best_state"] is not None and self.restore_best and self.early_stopping:
-            self.module.load_state_dict(early["best_state"])
-        self._check_divergence(early, floor)
-        self._check_convergence()
-        if self.checkpoint is not None:
-            self._save(self.history.epochs if not stopped else self.epochs, 0, acc, fingerprint, early)
-        self._call("on_train_end", self.history)
-        return self.history
+        return warm
+
+    def _tol_reached(self, epoch: int) -> bool:
+        """The stopping rule: in each of the last ``tol_patience`` epochs the loss fell by less than ``tol``."""
+        return self.tol is not None and epoch + 1 >= self.tol_patience and not any(
+            _still_falling(self.history, e, self.tol) for e in range(epoch + 1 - self.tol_patience, epoch + 1))
 
     def _optimizer_step(self, batch: list, params: list, warmup: int, warm: float):
         """One optimizer step on ``batch``: the warm-up factor of the learning rates, the loss (data term under
