@@ -21,6 +21,13 @@ def _command(sub: Any, name: str, func: Any, **parser_options: Any) -> argparse.
     p.set_defaults(func=func)
     return p
 
+
+def _add_run_flags(p: argparse.ArgumentParser, quick_help: str | None = None) -> None:
+    """``--quiet`` (no progress lines on stderr) and, given its help, ``--quick`` (a smoke-test size)."""
+    if quick_help is not None:
+        p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
 def _add_pair_files(p: argparse.ArgumentParser, out_help: str) -> None:
     """The two paired feature files and the output of ``fit`` and ``sweep``."""
     p.add_argument("source", help="source feature file (rows = items), e.g. new-model embeddings")
@@ -82,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--new-width", type=_positive_int, default=None,
                    help="feature width of the new model (default: same as the old model; when different, "
                         "the unmapped new/old row is not applicable)")
-    d.add_argument("--quick", action="store_true", help="reduced epochs and fewer λ values (a smoke test)")
-    d.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _add_run_flags(d, "reduced epochs and fewer λ values (a smoke test)")
 
     # fit ----------------------------------------------------------------------------------------------
     f = _command(sub, "fit", cmd_fit, help="fit a map between two feature files and save it",
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(f, " (trained solver)", epochs_help="training epochs (trained solver)",
                           seed_help="random seed (trained solver)")
     f.add_argument("--json", default=None, help="also write a JSON summary to this file")
-    f.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_run_flags(f)
 
     # eval ---------------------------------------------------------------------------------------------
     e = _command(sub, "eval", cmd_eval, help="retrieval and compatibility metrics of a saved map",
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=_positive_float, default=0.2, help="share of pairs held out")
     _add_training_options(s, "", epochs_help="training epochs per λ", seed_help="random seed (split and training)")
     s.add_argument("--save-maps", action="store_true", help="also save each map as OUT/map_lam=λ.pt")
-    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _add_run_flags(s)
 
     # transfer-demo ------------------------------------------------------------------------------------
     t = _command(sub, "transfer-demo", cmd_transfer_demo, help="cross-model task-vector transfer demo",
@@ -177,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  relaxedortho transfer-demo --quick --seed 1 --out /tmp/t")
     t.add_argument("--out", default="transfer-out", help="output folder")
     t.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
-    t.add_argument("--quick", action="store_true", help="reduced size (a smoke test)")
-    t.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_run_flags(t, "reduced size (a smoke test)")
 
     # compat-bench -------------------------------------------------------------------------------------
     c = _command(sub, "compat-bench", cmd_compat_bench, help="compatible-learning methods side by side",
@@ -205,8 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", choices=("auto", "digits", "fashion-mnist"), default="auto", help="image dataset")
     c.add_argument("--data-dir", default=None,
                    help="folder with the Fashion-MNIST files (default: /usr/share/datasets/fashion-mnist)")
-    c.add_argument("--quick", action="store_true", help="short schedules (about half a minute on digits)")
+    _add_run_flags(c, "short schedules (about half a minute on digits)")
     c.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (split, models, maps)")
     c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
