@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+import uuid
 from typing import Any, BinaryIO, Callable
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_torch", "save_figure", "writable_dir",
@@ -54,7 +55,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], wha
     try:
         if make_dirs:
             os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
+        # a fresh temporary name created with the permissions a plain open() gives (0o666 minus the umask;
+        # tempfile.mkstemp would make every saved file private, 0o600)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)

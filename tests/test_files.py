@@ -99,3 +99,10 @@ def test_save_figure(tmp_path):
         plt.close(fig)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert not _leftovers(tmp_path)
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    files.write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
