@@ -26,7 +26,7 @@ from torch import nn
 
 from ._checks import as_float_tensor, check_choice, check_nonnegative, check_positive
 from .linalg import polar
-from .maps.lambda_ortho import DEFAULT_ALPHA, resolved_alpha
+from .maps.lambda_ortho import resolved_alpha
 from .maps.orthogonal import METHODS, OrthogonalLinear
 from .penalties import frobenius_deviation, lambda_orthogonality
 
@@ -87,7 +87,7 @@ def orthogonal(module: nn.Module, name: str = "weight", *, method: str = "auto",
     return module
 
 
-def lambda_orthogonal(module: nn.Module, name: str = "weight", *, lam: float = 1.0, alpha: Any = DEFAULT_ALPHA,
+def lambda_orthogonal(module: nn.Module, name: str = "weight", *, lam: float = 1.0, alpha: Any = "auto",
                       gate: str = "sigmoid", penalty_weight: float = 1.0) -> nn.Module:
     r"""Attach the λ-orthogonality penalty of the 2-D weight ``module.<name>`` as ``module.regularizer()``;
     returns ``module``.
@@ -112,7 +112,7 @@ def lambda_orthogonal(module: nn.Module, name: str = "weight", *, lam: float = 1
         module: any :class:`torch.nn.Module` with a 2-D floating parameter ``name``.
         name: the parameter's name (default ``"weight"``).
         lam: tolerance λ >= 0 on :math:`\lVert G - I\rVert_F` (``math.inf``: no penalty). Default 1.0.
-        alpha: sigmoid steepness α > 0 (default 10), or ``"auto"`` (:math:`\max(10, 100/\lambda)`; see
+        alpha: sigmoid steepness α > 0, or ``"auto"`` (default; :math:`\max(10, 100/\lambda)`; see
             :class:`~relaxedortho.LambdaOrthoLinear`).
         gate: ``"sigmoid"`` (Eq. 6, default) or ``"heaviside"`` (Eq. 5).
         penalty_weight: multiplier :math:`w` >= 0 (default 1).
@@ -134,7 +134,7 @@ class LambdaPenalty(nn.Module):
     r"""The options of :func:`lambda_orthogonal` for one weight, and its penalty :math:`R(W)` (a module without
     parameters, kept in ``module.constraints``)."""
 
-    def __init__(self, *, lam: float = 1.0, alpha: Any = DEFAULT_ALPHA, gate: str = "sigmoid",
+    def __init__(self, *, lam: float = 1.0, alpha: Any = "auto", gate: str = "sigmoid",
                  penalty_weight: float = 1.0) -> None:
         super().__init__()
         self.lam = check_nonnegative(lam, "lam", allow_inf=True)

@@ -37,11 +37,34 @@ The penalties are evaluated in at least float32, also under autocast (docs/math.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from ._checks import check_choice, check_matrix, check_nonnegative, check_positive
 from .linalg import gram_deviation, orthonormality_rounding
+
+
+#: The smallest sigmoid steepness α of ``alpha="auto"`` (the default), and its α at λ = 0 and λ = ∞. The paper gives
+#: no value. With α = 10 the gate passes from 1 % to 99 % over a band of ±0.46 around λ in ‖G − I‖_F, and the
+#: penalty's slope at the threshold is ½ + 2.5·λ.
+DEFAULT_ALPHA = 10.0
+#: ``alpha="auto"`` uses :math:`\alpha = \max(\text{DEFAULT\_ALPHA}, \text{AUTO\_ALPHA\_SCALE}/\lambda)`: a gate whose
+#: width shrinks with λ, so that training settles at a fixed *fraction* of λ (docs/math.md §2).
+AUTO_ALPHA_SCALE = 100.0
+
+
+def resolved_alpha(alpha: Any, lam: float) -> float:
+    r"""The sigmoid steepness for the option ``alpha`` (a number, or ``"auto"``:
+    :math:`\max(\text{DEFAULT\_ALPHA}, \text{AUTO\_ALPHA\_SCALE}/\lambda)`, DEFAULT_ALPHA at λ = 0 or ∞).
+
+    Example:
+        >>> resolved_alpha("auto", 2.0), resolved_alpha("auto", 20.0), resolved_alpha(3.0, 2.0)
+        (50.0, 10.0, 3.0)
+    """
+    if isinstance(alpha, str) and alpha == "auto":
+        return DEFAULT_ALPHA if lam == 0 or math.isinf(lam) else max(DEFAULT_ALPHA, AUTO_ALPHA_SCALE / lam)
+    return alpha
 
 
 def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
@@ -117,7 +140,7 @@ def lambda_gate(deviation: torch.Tensor, lam: float, alpha: float, gate: str = "
     return torch.sigmoid(alpha * (deviation - lam))
 
 
-def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: float = 10.0, *, gate: str = "sigmoid",
+def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: Any = "auto", *, gate: str = "sigmoid",
                          deviation: torch.Tensor | None = None) -> torch.Tensor:
     r"""The λ-orthogonality regularizer (Ricci et al., NeurIPS 2025, arXiv 2509.16664, Eq. 6):
 
@@ -131,7 +154,8 @@ def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: float = 10.0, 
     Args:
         weight: 2-D weight (``out x in``).
         lam: tolerance λ >= 0 on :math:`\lVert G - I\rVert_F` (``math.inf`` allowed).
-        alpha: steepness α > 0 of the sigmoid gate.
+        alpha: steepness α > 0 of the sigmoid gate, or ``"auto"`` (default): :func:`resolved_alpha`,
+            :math:`\max(10, 100/\lambda)` (10 before; docs/math.md §2).
         gate: ``"sigmoid"`` (Eq. 6) or ``"heaviside"`` (Eq. 5).
         deviation: a precomputed :math:`\lVert G-I\rVert_F` (e.g. a randomized estimate); computed exactly
             with :func:`frobenius_deviation` when omitted.
@@ -146,7 +170,7 @@ def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: float = 10.0, 
         0.3637
     """
     lam = check_nonnegative(lam, "lam", allow_inf=True)
-    alpha = check_positive(alpha, "alpha")
+    alpha = check_positive(resolved_alpha(alpha, lam), "alpha")
     check_choice(gate, "gate", ("sigmoid", "heaviside"))
     if math.isinf(lam):
         return weight.new_zeros((), dtype=_at_least_float32(weight).dtype)

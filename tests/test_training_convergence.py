@@ -193,14 +193,47 @@ def test_warmup_ramps_linearly_and_keeps_an_lr_set_by_a_callback():
                     g["lr"] = g["lr"] * 0.5  # a schedule of the user's
 
     fit_alignment(ro.AffineMap(8, 8), X, Y, epochs=2, batch_size=50, lr=0.01, warmup=10, tol=None,
-                  callbacks=[Spy()], **FAST)
+                  lr_schedule="constant", callbacks=[Spy()], **FAST)
     np.testing.assert_allclose(seen[:5], [0.01 * k / 10 for k in range(1, 6)], rtol=1e-12)
     np.testing.assert_allclose(seen[9:], 0.005, rtol=1e-12)  # after warm-up: the halved lr, kept
     seen.clear()
     fit_alignment(ro.AffineMap(8, 8), X, Y, epochs=1, batch_size=50, lr=0.01, warmup=0, tol=None,
-                  callbacks=[type("S", (), {"on_step_end": lambda s, t, k, loss: seen.append(
+                  lr_schedule="constant", callbacks=[type("S", (), {"on_step_end": lambda s, t, k, loss: seen.append(
                       t.optimizer.param_groups[0]["lr"])})()], **FAST)
     assert seen == [0.01] * 8
+
+
+def _lrs_seen(**options):
+    seen = []
+    spy = type("S", (), {"on_step_end": lambda s, t, k, loss: seen.append(t.optimizer.param_groups[0]["lr"])})()
+    X, Y, _ = embeddings()
+    h = fit_alignment(ro.AffineMap(8, 8), X, Y, batch_size=50, lr=0.01, callbacks=[spy], **FAST, **options)
+    return np.array(seen), h
+
+
+def test_wsd_warms_up_stays_and_decays_linearly_over_the_last_epochs():
+    """lr_schedule="wsd": 8 steps per epoch, 10 epochs: warm-up over 10 steps, constant, then the last
+    ceil(0.2 * 10) = 2 epochs (16 steps) fall linearly to 0, evaluated mid-step."""
+    seen, h = _lrs_seen(epochs=10, warmup=10, tol=None)
+    np.testing.assert_allclose(seen[:10], [0.01 * k / 10 for k in range(1, 11)], rtol=1e-12)
+    np.testing.assert_allclose(seen[10:64], 0.01, rtol=1e-12)
+    np.testing.assert_allclose(seen[64:], [0.01 * (1 - (j + 0.5) / 16) for j in range(16)], rtol=1e-9)
+    assert h.lr_schedule == "wsd" and h.decay_epoch == 9 and h.steps == 80
+    seen, h = _lrs_seen(epochs=10, warmup=10, tol=None, lr_schedule="constant")
+    np.testing.assert_allclose(seen[10:], 0.01, rtol=1e-12)
+    assert h.lr_schedule == "constant" and h.decay_epoch is None
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _lrs_seen(epochs=1, lr_schedule="cosine")
+
+
+def test_a_user_optimizer_is_never_scheduled():
+    seen = []
+    spy = type("S", (), {"on_step_end": lambda s, t, k, loss: seen.append(t.optimizer.param_groups[0]["lr"])})()
+    X, Y, _ = embeddings()
+    m = ro.AffineMap(8, 8)
+    h = fit_alignment(m, X, Y, epochs=5, batch_size=50, optimizer=torch.optim.SGD(m.parameters(), lr=0.01),
+                      callbacks=[spy], tol=None, **FAST)
+    assert seen == [0.01] * 40 and h.lr_schedule is None and h.decay_epoch is None
 
 
 def test_warmup_keeps_a_start_that_already_fits():
@@ -222,7 +255,10 @@ def test_a_converged_run_stops_and_says_so():
         warnings.simplefilter("error")
         h = fit_alignment(ro.OrthogonalLinear(8, 8, bias=True), X, Y, epochs=50, batch_size=64, **FAST)
     assert h.stop_reason == "converged" and h.converged is True and h.epochs < 50
-    assert h.relative_change[-1] <= h.tol and h.relative_change[-2] <= h.tol
+    fired = h.decay_epoch - 1  # the rule fired after this epoch (1-based); then the decay: ceil(0.2 * 50) epochs
+    assert h.relative_change[fired - 1] <= h.tol and h.relative_change[fired - 2] <= h.tol
+    assert h.epochs == fired + 10
+    assert (fired - 2) * h.steps_per_epoch >= 100  # judged on epochs after the warm-up (100 steps) only
     assert len(h.relative_change) == len(h.loss_step_std) == h.epochs
 
 
@@ -231,7 +267,7 @@ def test_an_unconverged_run_warns_and_records_it():
     torch.manual_seed(0)
     with pytest.warns(ro.ConvergenceWarning, match="did not converge"):
         h = fit_alignment(ro.LambdaOrthoLinear(8, 8, lam=8.0), X, Y, epochs=3, batch_size=64, lr=1e-3,
-                          init="module", **FAST)
+                          init="module", lr_schedule="constant", **FAST)
     assert h.converged is False and h.stop_reason == "epochs" and all(r > h.tol for r in h.relative_change[-2:])
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -318,17 +354,18 @@ def _lambda_case(p, q, lam, seed, alpha, offset):
 
 @settings(max_examples=8)
 @given(p=st.sampled_from([6, 10]), q=st.sampled_from([6, 10]), lam=st.sampled_from([0.0, 0.5, 1.0, 2.0, 8.0]),
-       seed=st.integers(0, 2 ** 16), alpha=st.floats(0.5, 2.0), offset=st.sampled_from([0.0, 2.0, 5.0]))
+       seed=st.integers(0, 2 ** 16), alpha=st.floats(0.5, 2.0), offset=st.sampled_from([0.0, 2.0, 5.0, 50.0]))
 def test_trained_lambda_map_reaches_the_relaxed_closed_form(p, q, lam, seed, alpha, offset):
     _lambda_case(p, q, lam, seed, alpha, offset)
 
 
-@pytest.mark.xfail(strict=True, reason="an offset 50x the spread: from the closed-form start the penalty pulls the "
-                   "map inwards, and Adam moves weight and bias (coupled through the offset) slowly: 14 epochs stop "
-                   "at 1.8 % of the variance above the closed form of the reached radius, 300 epochs reach it. Needs "
-                   "training on centred sources (follow-up)")
-def test_trained_lambda_map_with_a_very_large_offset_reaches_the_relaxed_closed_form():
-    _lambda_case(6, 6, 0.5, 0, 0.5, 50.0)
+@pytest.mark.parametrize("p, q, lam", [(6, 6, 0.5), (10, 6, 1.0), (6, 10, 2.0), (6, 6, 8.0)])
+def test_trained_lambda_map_with_a_very_large_offset_reaches_the_relaxed_closed_form(p, q, lam):
+    """An offset 50x the spread. With weight 1 on the penalty and a constant lr this failed (1.8 % of the variance
+    above the closed form of the reached radius after 14 epochs): the stopping rule fired during the warm-up and the
+    weights were those of one noisy step. The penalty weighted by the targets' variance, no stop before the warm-up
+    ends, and the decay of the learning rate reach it (checked over 4 seeds x 5 λ x 3 shapes when written)."""
+    _lambda_case(p, q, lam, 0, 0.5, 50.0)
 
 
 @settings(max_examples=8)

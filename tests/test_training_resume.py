@@ -1,6 +1,8 @@
 """Exact resume: an interrupted run continued from its checkpoint ends with bitwise the same weights."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -80,12 +82,30 @@ def test_resume_of_a_finished_run_does_nothing_and_extending_epochs_continues(tm
     ck = tmp_path / "ck.pt"
     torch.manual_seed(0)
     ref = ro.AffineMap(6, 5)
-    fit_alignment(ref, X, Y, epochs=4, batch_size=16, lr=0.01, **FAST)
+    const = dict(lr_schedule="constant")  # extended exactly: a schedule planned for 2 epochs already decayed
+    fit_alignment(ref, X, Y, epochs=4, batch_size=16, lr=0.01, **const, **FAST)
     torch.manual_seed(0)
     m = ro.AffineMap(6, 5)
-    fit_alignment(m, X, Y, epochs=2, batch_size=16, lr=0.01, checkpoint=ck, **FAST)
+    fit_alignment(m, X, Y, epochs=2, batch_size=16, lr=0.01, checkpoint=ck, **const, **FAST)
     w2 = m.weight.detach().clone()
-    again = Trainer(m, epochs=2, batch_size=16, lr=0.01, checkpoint=ck, resume=True, **FAST)
+    again = Trainer(m, epochs=2, batch_size=16, lr=0.01, checkpoint=ck, resume=True, **const, **FAST)
     assert again.fit(X, Y).epochs == 2 and torch.equal(m.weight.detach(), w2)
-    fit_alignment(m, X, Y, epochs=4, batch_size=16, lr=0.01, checkpoint=ck, resume=True, **FAST)
+    fit_alignment(m, X, Y, epochs=4, batch_size=16, lr=0.01, checkpoint=ck, resume=True, **const, **FAST)
     assert torch.equal(m.weight.detach(), ref.weight.detach())
+
+
+def test_a_finished_wsd_run_extended_for_more_epochs_follows_the_new_plan(tmp_path):
+    """Under "wsd" the decay is planned over the last epochs of the run: extending a finished run re-plans it (the
+    lr restarts from the decayed value's schedule position of the new plan), never divides by a zero factor."""
+    X, Y = data()
+    ck = tmp_path / "ck.pt"
+    torch.manual_seed(0)
+    m = ro.AffineMap(6, 5)
+    h = fit_alignment(m, X, Y, epochs=2, batch_size=16, lr=0.01, checkpoint=ck, **FAST)
+    assert h.decay_epoch == 2
+    seen = []
+    spy = type("S", (), {"on_step_end": lambda s, t, k, loss: seen.append(t.optimizer.param_groups[0]["lr"])})()
+    h = fit_alignment(m, X, Y, epochs=10, batch_size=16, lr=0.01, checkpoint=ck, resume=True,
+                      callbacks=[spy], **FAST)
+    assert h.epochs == 10 and h.decay_epoch == 9 and all(math.isfinite(v) for v in h.loss)
+    assert all(0 < v <= 0.01 for v in seen) and seen[-1] < 1e-3

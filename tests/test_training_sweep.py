@@ -124,5 +124,6 @@ def test_pair_trainer_with_the_library_losses():
     new, old, _, labels = _pair_data(n=128)
     torch.manual_seed(0)
     B, F = ro.LambdaOrthoLinear(8, 6, lam=0.5), ro.AffineMap(6, 6)
-    h = fit_pair(B, F, new, old, labels, epochs=5, batch_size=32, lr=0.01, losses=losses, init="module", **FAST)
+    h = fit_pair(B, F, new, old, labels, epochs=5, batch_size=32, lr=0.01, losses=losses, init="module", tol=None,
+                 **FAST)  # 20 steps, all in the warm-up: not converged, and not the point here
     assert all(math.isfinite(v) for v in h.loss) and h.loss[-1] < h.loss[0]

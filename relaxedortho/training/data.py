@@ -151,3 +151,46 @@ def check_same_length(arrays: list[RowArray]) -> int:
             raise ValueError(f"{arrays[0].name} and {a.name} must have the same number of rows (paired samples), "
                              f"got {n} and {len(a)}")
     return n
+
+
+#: Rows per chunk of :func:`target_variance`.
+VARIANCE_CHUNK = 65536
+
+
+def target_variance(array: RowArray) -> float:
+    r"""The variance per coordinate :math:`\operatorname{tr}\Sigma / q` of the rows of ``array`` (the mean square
+    when the variance is 0, 1 when both are), in one streamed pass: float64 chunks scaled by a power of two
+    (:attr:`RowArray.max_abs` when known, else each chunk's own), merged by Chan et al.'s pairwise update of means and
+    centred sums, so that a large common offset does not cancel and data near the float limits do not overflow.
+
+    Example:
+        >>> import torch
+        >>> round(target_variance(RowArray(torch.tensor([[1.0, 10.0], [3.0, 14.0]]), "y")), 6)  # (1 + 4) / 2
+        2.5
+    """
+    n_total, mean, css, sq = 0, None, 0.0, 0.0
+    scale = None
+    for lo in range(0, len(array), VARIANCE_CHUNK):
+        t = array.rows(slice(lo, lo + VARIANCE_CHUNK), torch.device("cpu"), torch.float64)
+        if t.numel() == 0:
+            continue
+        if scale is None:
+            peak = array.max_abs if array.max_abs is not None else float(t.abs().max())
+            scale = 2.0 ** -math.frexp(peak)[1] if peak > 0 else 1.0
+        t = t * scale
+        m, k = t.mean(dim=0), t.shape[0]
+        c = float(((t - m) ** 2).sum())
+        sq += float((t * t).sum())
+        if mean is None:
+            mean, css = m, c
+        else:
+            delta = m - mean
+            css += c + float((delta * delta).sum()) * n_total * k / (n_total + k)
+            mean = mean + delta * (k / (n_total + k))
+        n_total += k
+    if not n_total:
+        return 1.0
+    q = array.dim
+    var, ms = css / (n_total * q), sq / (n_total * q)
+    value = var if var > 0 else ms
+    return value / (scale * scale) if value > 0 else 1.0

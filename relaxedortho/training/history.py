@@ -36,6 +36,12 @@ class TrainHistory:
         init: the start: ``{"init": name, "seconds": s, ...}`` from
             :func:`~relaxedortho.training.initialization.initialize_map` (``None`` when resumed from a checkpoint
             written before this record existed).
+        lr_schedule: the learning-rate schedule after the warm-up (``"wsd"`` or ``"constant"``; ``None`` with a
+            user optimizer, which is never changed).
+        decay_epoch: the first epoch (1-based) of the learning-rate decay of ``"wsd"`` (the last planned epochs, or
+            those after the stopping rule fired), or ``None``.
+        regularizer_weight: the weight the regularizer was added with (``regularizer_weight="auto"`` resolved;
+            0 for a module without a regularizer).
     """
 
     loss: list[float] = field(default_factory=list)
@@ -57,6 +63,9 @@ class TrainHistory:
     tol: float | None = None
     lr: float | None = None
     init: dict | None = None
+    lr_schedule: str | None = None
+    decay_epoch: int | None = None
+    regularizer_weight: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
