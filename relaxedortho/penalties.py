@@ -62,9 +62,12 @@ def resolved_alpha(alpha: Any, lam: float) -> float:
         >>> resolved_alpha("auto", 2.0), resolved_alpha("auto", 20.0), resolved_alpha(3.0, 2.0)
         (50.0, 10.0, 3.0)
     """
-    if isinstance(alpha, str) and alpha == "auto":
+    if isinstance(alpha, str):
+        if alpha != "auto":
+            raise ValueError(f"alpha must be a positive number or 'auto', got {alpha!r}")
+        lam = check_nonnegative(lam, "lam", allow_inf=True)
         return DEFAULT_ALPHA if lam == 0 or math.isinf(lam) else max(DEFAULT_ALPHA, AUTO_ALPHA_SCALE / lam)
-    return alpha
+    return check_positive(alpha, "alpha")
 
 
 def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
@@ -170,7 +173,7 @@ def lambda_orthogonality(weight: torch.Tensor, lam: float, alpha: Any = "auto", 
         0.3637
     """
     lam = check_nonnegative(lam, "lam", allow_inf=True)
-    alpha = check_positive(resolved_alpha(alpha, lam), "alpha")
+    alpha = resolved_alpha(alpha, lam)
     check_choice(gate, "gate", ("sigmoid", "heaviside"))
     if math.isinf(lam):
         return weight.new_zeros((), dtype=_at_least_float32(weight).dtype)

@@ -461,6 +461,14 @@ row(penalties.lambda_orthogonality, lambda f: penalties.lambda_orthogonality(W44
     "lambda_orthogonality-negative-lam")
 row(penalties.lambda_orthogonality, lambda f: penalties.lambda_orthogonality(W44, lam=1.0, alpha=-1.0), ValueError,
     "alpha", "lambda_orthogonality-negative-alpha")
+row(penalties.lambda_orthogonality, lambda f: penalties.lambda_orthogonality(W44, lam=1.0, alpha="steep"), ValueError,
+    "alpha", "lambda_orthogonality-unknown-alpha-option")
+row(penalties.resolved_alpha, lambda f: penalties.resolved_alpha("fast", 1.0), ValueError, "alpha",
+    "resolved_alpha-unknown-option")
+row(penalties.resolved_alpha, lambda f: penalties.resolved_alpha(0.0, 1.0), ValueError, "alpha",
+    "resolved_alpha-zero-alpha")
+row(penalties.resolved_alpha, lambda f: penalties.resolved_alpha("auto", -1.0), ValueError, "lam",
+    "resolved_alpha-negative-lam")
 row(penalties.srip_penalty, lambda f: penalties.srip_penalty(W44, n_iter=0), ValueError, "n_iter",
     "srip_penalty-zero-iterations")
 row(penalties.randomized_deviation, lambda f: penalties.randomized_deviation(W44, num_probes=0), ValueError,
@@ -561,6 +569,12 @@ row(training.fit_alignment, lambda f: fa(init="random"), ValueError, "init must 
 row(training.fit_alignment, lambda f: fa(tol=-1e-4), ValueError, "tol", "fit_alignment-negative-tol")
 row(training.fit_alignment, lambda f: fa(tol_patience=0), ValueError, "tol_patience", "fit_alignment-zero-patience")
 row(training.fit_alignment, lambda f: fa(warmup=-1), ValueError, "warmup", "fit_alignment-negative-warmup")
+row(training.fit_alignment, lambda f: fa(lr_schedule="cosine"), ValueError, "lr_schedule",
+    "fit_alignment-unknown-lr-schedule")
+row(training.fit_alignment, lambda f: fa(regularizer_weight="heavy"), (TypeError, ValueError), "regularizer_weight",
+    "fit_alignment-unknown-regularizer-weight")
+row(training.fit_alignment, lambda f: fa(regularizer_weight=-1.0), ValueError, "regularizer_weight",
+    "fit_alignment-negative-regularizer-weight")
 row(training.initialize_map, lambda f: training.initialize_map(ro.AffineMap(4, 4), X, Y, init="random"), ValueError,
     "init must be one of", "initialize_map-bad-init")
 row(training.initialize_map, lambda f: training.initialize_map("map", X, Y), TypeError, "module",

@@ -63,10 +63,17 @@ def test_weight_stays_orthonormal_after_any_step(variant, data):
         try:
             opt.step()
         except FloatingPointError as e:  # a gradient that is non-finite or whose square (Adam's second moment)
-            # overflows, or an overflowed matrix function of the parametrizations: the step is undone
+            # overflows, or a step too large for the matrix function (Cayley: I - A/2 singular to working
+            # precision; exp: overflow): the step is undone
             big = math.sqrt(torch.finfo(dtype).max)
             assert any(not bool((p.grad.abs() < big).all()) for p in m.parameters() if p.grad is not None) or \
-                (variant in ("orthogonal-cayley", "orthogonal-matrix_exp") and "overflowed" in str(e))
+                (variant.startswith(("orthogonal-cayley", "orthogonal-matrix_exp", "orthogonal-trivialization"))
+                 and "overflowed" in str(e))
+            assert torch.equal(m.weight.detach(), before)
+            assert_orthonormal(m)
+            return
+        except torch.linalg.LinAlgError:  # geoopt's Cayley retraction (canonical Stiefel) raises before it writes
+            assert variant == "stiefel-canonical" and kind == "sgd" and lr * scale ** 2 > 1e6
             assert torch.equal(m.weight.detach(), before)
             assert_orthonormal(m)
             return

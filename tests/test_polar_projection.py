@@ -124,7 +124,7 @@ def test_a_rounded_orthonormal_matrix_needs_no_pass_at_large_k():
     x = q.float()
     eps = torch.finfo(torch.float32).eps
     measured = float(linalg.orthogonality_error(x))  # the float32 Gram, as the projection measures it
-    assert 2 * eps * math.sqrt(k) < measured <= default_tolerance(k, torch.float32)
+    assert 0.5 * eps * math.sqrt(k) < measured <= default_tolerance(k, torch.float32)  # 6e-6 to 1.2e-5 by machine
     info = {}
     assert project_orthonormal(x, info=info) is x
     assert info == {"passes": [], "svd": False}

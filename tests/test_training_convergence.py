@@ -392,3 +392,61 @@ def test_trained_hard_map_reaches_procrustes(p, q, bias, seed, alpha, offset, cl
     # residual, and Adam's steps around the optimum scale with that residual's gradient
     best = mse(ref, Xev.double(), Yev)
     assert mse(m, Xev, Yev) <= best + 0.01 * variance(Yev) + 1e-3 * best
+
+
+# -- the penalty's balance does not depend on the units of the data ---------------------------------------------
+def _settled_deviation(scale, **options):
+    X, Y, _ = embeddings(n=400, p=8, q=8, seed=1, stretch=0.5, dtype=torch.float64)
+    torch.manual_seed(0)
+    m = ro.LambdaOrthoLinear(8, 8, lam=1.0, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ro.ConvergenceWarning)
+        h = fit_alignment(m, X * scale, Y * scale, epochs=20, batch_size=64, **FAST, **options)
+    return m.orthogonality_error(), h
+
+
+def test_the_penalty_is_weighted_by_the_targets_variance_so_units_do_not_move_the_map():
+    """regularizer_weight="auto" = tr Σ_y / q: the same data in units 1e6 times larger settle at the same deviation
+    (the penalty's balance is unit-free); with the paper's fixed weight 1 the data's pull grows 1e12-fold and runs
+    the map far past λ."""
+    X, Y, _ = embeddings(n=400, p=8, q=8, seed=1, stretch=0.5, dtype=torch.float64)
+    n1, h1 = _settled_deviation(1.0)
+    assert h1.regularizer_weight == pytest.approx(float(Y.var(dim=0, unbiased=False).mean()), rel=1e-12)
+    assert 0.5 < n1 <= 1.0
+    n6, h6 = _settled_deviation(1e6)
+    assert h6.regularizer_weight == pytest.approx(1e12 * h1.regularizer_weight, rel=1e-9)
+    assert abs(n6 - n1) < 0.05
+    fixed, _ = _settled_deviation(1e6, regularizer_weight=1.0)
+    assert fixed > n6 + 0.5  # the penalty no longer holds λ = 1: the data run the map past it
+    _, h = _settled_deviation(1.0, loss_fn=torch.nn.functional.l1_loss)
+    assert h.regularizer_weight == 1.0  # a loss of one's own: the paper's weight
+    _, h = _settled_deviation(1.0, regularizer_weight=0.25)
+    assert h.regularizer_weight == 0.25
+    h = fit_alignment(ro.AffineMap(8, 8, dtype=torch.float64), X, Y, epochs=1, batch_size=64, **FAST)
+    assert h.regularizer_weight == 0.0  # nothing to weigh
+    with pytest.raises(ValueError, match="regularizer_weight"):
+        fit_alignment(ro.AffineMap(8, 8), X.float(), Y.float(), epochs=1, batch_size=64, regularizer_weight=-1.0,
+                      **FAST)
+
+
+def test_target_variance_is_exact_with_a_large_offset_and_at_extreme_scales():
+    from relaxedortho.training.data import RowArray, target_variance
+
+    g = torch.Generator().manual_seed(0)
+    Y = torch.randn(1000, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2, 3, 4, 5]) + 1e6
+    want = float(Y.var(dim=0, unbiased=False).mean())
+    assert target_variance(RowArray(Y, "y")) == pytest.approx(want, rel=1e-9)
+    import relaxedortho.training.data as data_module
+
+    old = data_module.VARIANCE_CHUNK
+    data_module.VARIANCE_CHUNK = 7  # the pairwise merge of chunks
+    try:
+        assert target_variance(RowArray(Y, "y")) == pytest.approx(want, rel=1e-9)
+    finally:
+        data_module.VARIANCE_CHUNK = old
+    for scale in (1e-30, 1e30):
+        Z = (Y - 1e6).float() * scale
+        assert target_variance(RowArray(Z, "y")) == pytest.approx(float(Z.double().var(dim=0, unbiased=False).mean()),
+                                                                rel=1e-5)
+    assert target_variance(RowArray(torch.full((4, 3), 2.0), "y")) == 4.0  # no variance: the mean square
+    assert target_variance(RowArray(torch.zeros(4, 3), "y")) == 1.0

@@ -11,7 +11,7 @@ the element-wise mean squared error over a mini-batch plus the map's own ``regul
 (the λ-orthogonality penalty of :class:`~relaxedortho.LambdaOrthoLinear`, Ricci et al., NeurIPS 2025,
 arXiv 2509.16664, Eq. 6; zero for hard and free maps) weighted by the targets' variance per coordinate
 (``regularizer_weight="auto"``): the objective of targets scaled to unit variance with the paper's weight 1, so
-that the units of the data do not move the trained map. The mean, not the per-sample sum, keeps the data's pull
+that the units of the data do not move the penalty's balance. The mean, not the per-sample sum, keeps the data's pull
 (:math:`\pi`, in units of :math:`s^2`) below the penalty's bounded slope, so a λ-orthogonal map settles at or
 *below* λ, at the deviation where the penalty's slope equals the data's pull
 (:math:`\approx \lambda - \ln((1 + \alpha\lambda)/\pi)/\alpha`, :func:`~relaxedortho.penalties.lambda_equilibrium`;
@@ -124,7 +124,6 @@ class _EpochRun:
     rank: int
     world: int
     steps: int
-    warmup: int
     order_device: torch.device
     step_hooks: list
     fingerprint: Any
@@ -187,7 +186,8 @@ class Trainer:
             element-wise mean), computed in float32 even under mixed precision.
         regularizer_weight: weight :math:`w` >= 0 of ``module.regularizer()``, or ``"auto"`` (default): with the
             default loss, the targets' variance per coordinate :math:`s^2` (:meth:`regularizer_scale`), which makes
-            the trained map independent of the units of the data; 1 with any other loss (the paper's weight).
+            the penalty's balance against the data independent of their units; 1 with any other loss (the paper's
+            weight).
             Recorded as ``history.regularizer_weight``.
         weight_decay: Adam's L2 decay on free parameters (never on orthogonal factors; default 0).
         device: ``"auto"`` (CUDA when present, default), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a device.
@@ -363,7 +363,9 @@ class Trainer:
         of the data: targets 10 times larger pull 100 times harder against the penalty. Weighting the penalty by
         :math:`s^2` is training on targets of unit variance with weight 1 (the paper's weight), whatever their
         scale: the objective is :math:`s^2(\text{MSE}/s^2 + R)`, and scaling the data by :math:`c` scales it by
-        :math:`c^2` without moving its minimiser. One streamed pass over the targets, float64, scale-safe."""
+        :math:`c^2` without moving its minimiser (Adam's steps still have the units of each parameter: a bias fitted to
+        targets far from unit scale moves by about ``lr`` per step, which the divergence check reports). One streamed
+        pass over the targets, float64, scale-safe."""
         if type(self).compute_loss is not Trainer.compute_loss or self.loss_fn is not F.mse_loss:
             return 1.0
         return target_variance(arrays[1])
@@ -527,7 +529,6 @@ class Trainer:
         if world > 1 and self.batch_size < world:
             raise ValueError(f"batch_size ({self.batch_size}) must be at least the number of processes ({world})")
         steps_per_epoch, resuming, fingerprint = self._setup(arrays, n, world)
-        warmup = self._warmup_steps
         warm = 1.0  # the schedule's factor now applied to the groups' learning rates
         # per-step losses stay on the device until the next flush (no per-step synchronisation or kernel)
         self._pending: tuple[list, list] = ([], [])
@@ -551,7 +552,7 @@ class Trainer:
                 self.history.decay_epoch = None if planned is None else planned[0] // steps_per_epoch + 1
             early = state["early"]
         floor = self._loss_floor(arrays) if self.divergence_factor is not None else 0.0
-        run = _EpochRun(arrays=arrays, n=n, rank=rank, world=world, steps=steps_per_epoch, warmup=warmup,
+        run = _EpochRun(arrays=arrays, n=n, rank=rank, world=world, steps=steps_per_epoch,
                         order_device=arrays[0].data.device if not arrays[0].memmap else torch.device("cpu"),
                         step_hooks=self._hooks("on_step_end"), fingerprint=fingerprint)
         stopped = False
@@ -666,7 +667,7 @@ class Trainer:
                 index, n_local = shard(order[lo:hi] if order is not None else slice(lo, hi), run.rank, run.world)
                 self.shard_scale = n_local * run.world / (hi - lo)
                 batch = [a.rows(index, device, self._dtype) for a in run.arrays]
-                loss, reg, warm = self._optimizer_step(batch, self._params, run.warmup, warm)
+                loss, reg, warm = self._optimizer_step(batch, self._params, warm)
                 self._pending[0].append(loss.detach())
                 if reg is not None:
                     self._pending[1].append(reg.detach())
@@ -722,7 +723,7 @@ class Trainer:
         return (self.tol is not None and first >= 0 and first * self._steps_per_epoch >= self._warmup_steps
                 and not any(_still_falling(self.history, e, self.tol) for e in range(first, epoch + 1)))
 
-    def _optimizer_step(self, batch: list, params: list, warmup: int, warm: float):
+    def _optimizer_step(self, batch: list, params: list, warm: float):
         """One optimizer step on ``batch``: the schedule's factor of the learning rates (:meth:`_lr_factor`), the
         loss (data term under the precision's autocast, plus the weighted regularizer), backward (scaled under a
         grad scaler), gradient clipping and the step. Returns ``(loss, regularizer or None, the factor now

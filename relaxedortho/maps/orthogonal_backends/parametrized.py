@@ -77,11 +77,14 @@ class Parametrized(OrthogonalBackend):
             # a zero argument: the weight is the base, checked at the last re-basing (a copy, a loaded state)
             self.mark_exact(host)
             return
-        w = host.weight
+        try:
+            w = host.weight
+        except torch.linalg.LinAlgError:  # torch's Cayley map: I - A/2 singular to working precision
+            w = torch.full((), math.nan)
         if not bool(torch.isfinite(w).all()):
             self.fail(host, after_step, f"OrthogonalLinear(method={self.name!r}): the step was too large for the "
-                      "parametrization, whose matrix function overflowed to NaN or Inf; the weight before the step "
-                      "was restored. Lower the learning rate (or use method='trivialization' / 'retraction', which "
+                      "parametrization, whose matrix function overflowed (NaN, Inf or a singular solve); the weight "
+                      "before the step was restored. Lower the learning rate (or use method='trivialization' / 'retraction', which "
                       "take any finite step).")
         if self.name == "matrix_exp" and size <= REBASE_NORM:
             # re-base only when the weight is measurably off the manifold: every re-basing resets the argument
