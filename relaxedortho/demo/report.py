@@ -89,6 +89,6 @@ def format_table(report: dict) -> str:
     lines.append("")
     lines.append("compatible: B(new)/old beats old/old on both CMC top-1 and mAP (Shen et al. 2020).")
     if any(e.get("converged") is False for _, e in _spectrum_rows(report)) or (f and f.get("converged") is False):
-        lines.append("not converged: a trained map's loss still fell by more than tol before its learning-rate decay (more "
-                     "epochs would fit better), or a band solver stopped at its iteration limit.")
+        lines.append("not converged: a trained map's loss still fell by more than tol before its learning-rate decay "
+                     "(more epochs would fit better), or a band solver stopped at its iteration limit.")
     return "\n".join(lines)

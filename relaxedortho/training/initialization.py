@@ -2,7 +2,8 @@ r"""The data-driven start of a trained map: the closed-form solution of its own 
 
 A map trained from a random start may never reach the optimum: a path of nearly orthogonal matrices is a long
 walk on :math:`O(d)` and cannot change the sign of :math:`\det A`, so at small λ Adam stays near its start
-(issue 13: held-out top-1 0.000 at λ = 0 and 0.5 on real sentence embeddings, against 0.95 for Procrustes).
+(held-out top-1 0.000 at λ = 0 and 0.5 on real sentence embeddings, against 0.95 for Procrustes, before this start
+existed).
 :func:`initialize_map` sets the map to the closed-form minimiser of the training objective's data term
 :math:`\tfrac1n\lVert XA^\top + \mathbf 1 b^\top - Y\rVert_F^2` over the map's own set, computed from the first and
 second moments of the training pairs (:func:`~relaxedortho.closed_form.accumulate_moments`: one streamed pass,
