@@ -282,3 +282,13 @@ def test_eval_reads_a_saved_plain_linear(files, tmp_path, capsys):
                  str(files / "g_lab.npy"), "--json", str(tmp_path / "e.json")]) == 0
     # G = 4 I: ||G - I||_F = 3 sqrt(12)
     assert json.loads((tmp_path / "e.json").read_text())["orthogonality_error"] == pytest.approx(3 * 12 ** 0.5)
+
+
+def test_an_unconverged_trained_map_is_one_warning_line(files, tmp_path, capsys):
+    """Five epochs from the module's own random start at lr 3e-3: still descending when the epochs run out."""
+    assert main(["fit", str(files / "new.npy"), str(files / "old.npy"), "--out", str(tmp_path / "m.pt"), "--quiet",
+                 "--kind", "lambda", "--lam", "8", "--epochs", "5", "--batch-size", "32", "--lr", "3e-3",
+                 "--init", "module"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "did not converge" in line]
+    assert len(lines) == 1 and "--tol=0.0001" in lines[0] and "before the learning-rate decay" in lines[0], err

@@ -105,8 +105,8 @@ def build_map(kind: str, solver: str, X, Y, *, lam: float = 1.0, eps: float = 0.
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             print(f"relaxedortho: warning: the {kind} map did not converge in {epochs} epochs (the loss still fell "
-                  f"by {100 * h.relative_change[-1]:.3g}% in the last); use more --epochs or a larger --lr (now "
-                  f"{h.lr:g})", file=sys.stderr)
+                  f"by more than --tol={h.tol:g} per epoch before the learning-rate decay); use more --epochs or a "
+                  f"larger --lr (now {h.lr:g})", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     module._train_history = h  # read by _fit_summary
