@@ -42,7 +42,8 @@ class LambdaOrthoLinear(AffineMap):
             (regularizer 0); ``0`` is unsquared soft orthogonality, not the hard constraint. Default 1.0:
             choose it for your width (the paper uses 12 for 1024-d features).
         alpha: sigmoid steepness α > 0, or ``"auto"`` (default): :math:`\alpha = \max(10, 100/\lambda)`
-            (:data:`DEFAULT_ALPHA`, :data:`AUTO_ALPHA_SCALE`; re-evaluated when ``lam`` changes; 10 at λ = 0 and ∞).
+            (:data:`~relaxedortho.penalties.DEFAULT_ALPHA`, :data:`~relaxedortho.penalties.AUTO_ALPHA_SCALE`;
+            re-evaluated when ``lam`` changes; 10 at λ = 0 and ∞).
             The gate then narrows with λ and a weak pull settles at a fixed fraction of λ, at least
             :math:`1 - \ln(101/\pi)/100` (0.95 for a pull :math:`\pi = 1`, 0.91 for :math:`\pi = 0.01`). On a planted
             4-d problem (mean loss, Adam lr 1e-2, 1500 steps; ``tests/test_orthogonal_training.py``) the deviation
