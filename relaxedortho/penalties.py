@@ -52,21 +52,29 @@ DEFAULT_ALPHA = 10.0
 #: ``alpha="auto"`` uses :math:`\alpha = \max(\text{DEFAULT\_ALPHA}, \text{AUTO\_ALPHA\_SCALE}/\lambda)`: a gate whose
 #: width shrinks with λ, so that training settles at a fixed *fraction* of λ (docs/math.md §2).
 AUTO_ALPHA_SCALE = 100.0
+#: The largest α of ``alpha="auto"`` (reached for λ below 1e-4): 100/λ grows without bound as λ → 0 (infinite for a
+#: subnormal λ); beyond 1e6 the gate, 1 % to 99 % over λ ± 4.6e-6, is a Heaviside step to the float32 penalty anyway.
+AUTO_ALPHA_MAX = 1e6
 
 
 def resolved_alpha(alpha: Any, lam: float) -> float:
     r"""The sigmoid steepness for the option ``alpha`` (a number, or ``"auto"``:
-    :math:`\max(\text{DEFAULT\_ALPHA}, \text{AUTO\_ALPHA\_SCALE}/\lambda)`, DEFAULT_ALPHA at λ = 0 or ∞).
+    :math:`\min(\text{AUTO\_ALPHA\_MAX}, \max(\text{DEFAULT\_ALPHA}, \text{AUTO\_ALPHA\_SCALE}/\lambda))`,
+    DEFAULT_ALPHA at λ = 0 or ∞).
 
     Example:
         >>> resolved_alpha("auto", 2.0), resolved_alpha("auto", 20.0), resolved_alpha(3.0, 2.0)
         (50.0, 10.0, 3.0)
+        >>> resolved_alpha("auto", 5e-324)  # a subnormal λ: capped, never infinite
+        1000000.0
     """
     if isinstance(alpha, str):
         if alpha != "auto":
             raise ValueError(f"alpha must be a positive number or 'auto', got {alpha!r}")
         lam = check_nonnegative(lam, "lam", allow_inf=True)
-        return DEFAULT_ALPHA if lam == 0 or math.isinf(lam) else max(DEFAULT_ALPHA, AUTO_ALPHA_SCALE / lam)
+        if lam == 0 or math.isinf(lam):
+            return DEFAULT_ALPHA
+        return min(AUTO_ALPHA_MAX, max(DEFAULT_ALPHA, AUTO_ALPHA_SCALE / lam))
     return check_positive(alpha, "alpha")
 
 

@@ -356,3 +356,17 @@ def test_estimator_bad_arguments():
         P.randomized_deviation(torch.eye(3), 2.5)
     with pytest.raises(ValueError, match="n_iter"):
         P.srip_penalty(torch.eye(3), 0)
+
+
+def test_auto_alpha_is_finite_for_every_lambda():
+    """100/λ overflows for a subnormal λ (found by notebook 04's property test); "auto" caps it."""
+    from relaxedortho.penalties import AUTO_ALPHA_MAX, lambda_orthogonality, resolved_alpha
+
+    for lam in (5e-324, 1e-300, 1e-5, 1e-4, 0.01, 1.0, 10.0, 1e300):
+        a = resolved_alpha("auto", lam)
+        assert math.isfinite(a) and 10.0 <= a <= AUTO_ALPHA_MAX
+    assert resolved_alpha("auto", 1e-4) == AUTO_ALPHA_MAX and resolved_alpha("auto", 0.0) == 10.0
+    v = (1.1 * torch.eye(3, dtype=torch.float64)).requires_grad_(True)  # off the manifold, at a subnormal λ
+    pen = lambda_orthogonality(v, lam=5e-324)
+    pen.backward()
+    assert math.isfinite(float(pen.detach())) and bool(torch.isfinite(v.grad).all())
