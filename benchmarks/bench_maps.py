@@ -12,7 +12,7 @@ Examples::
     python benchmarks/bench_maps.py                            # the full table (minutes, use a quiet machine)
     python benchmarks/bench_maps.py --d 1024 --B 1024 --steps 10 --maps linear lambda-exact ortho-retraction --no-drift
 
-Rectangular shapes are IN:OUT, e.g. ``--d 1024:512 2048:1024 --maps ortho-retraction --paired 9`` (issue 12 target 2:
+Rectangular shapes are IN:OUT, e.g. ``--d 1024:512 2048:1024 --maps ortho-retraction --paired 9`` (the target:
 <= 2.5x at B = 1024, drift <= 5e-5 after 1e3 steps: ``--drift 2048:1024:1000 --drift-maps ortho-retraction``).
 
 Issue 2 targets (d = 1024): lambda-exact <= 2.0x at B = 1024 and <= 1.3x at B = 4096; lambda-randomized <= 1.2x at

@@ -30,7 +30,7 @@ import torch
 from relaxedortho.closed_form import accumulate_moments, solve_orthogonal_lsq
 
 CASES = [  # n, p, q, decades, target
-    (500, 64, 16, 2, "noise"),     # the reproducer of issue 11 (defect 4)
+    (500, 64, 16, 2, "noise"),     # the case that exposed the old majorization
     (500, 64, 16, 2, "planted"),
     (2000, 256, 64, 2, "planted"),
     (2000, 256, 64, 3, "noise"),
@@ -44,7 +44,7 @@ def data(n, p, q, decades, target, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, p)) * np.logspace(0, -decades, p)
     if target == "noise" and (p, q) == (64, 16):
-        Y = rng.standard_normal((n, q))  # exactly the issue's reproducer: features in the standard basis
+        Y = rng.standard_normal((n, q))  # exactly that case: features in the standard basis
     else:
         X = X @ np.linalg.qr(rng.standard_normal((p, p)))[0]
         W = np.linalg.qr(rng.standard_normal((p, q)))[0]

@@ -18,7 +18,7 @@ old class prototype :math:`p_y` (the normalised mean old embedding of class :mat
 (new→old); :math:`T` preserves every inner product of :math:`z`, so the classifier sees the embedding's
 geometry unchanged while the extra :math:`k` coordinates are free to hold what the old space cannot.
 
-Reading note: this module follows the paper's abstract and the structure stated in relaxedortho's issue 16
+Reading note: this module follows the paper's abstract and the structure stated in relaxedortho's design notes
 (layer placement, the three losses); the paper's full text was not available to us, so loss weights (1, 1, 1),
 the prototype definition and the old classifier of the influence term are our choices (relaxedortho's benchmark
 uses :func:`~relaxedortho.compat.bct.centroid_classifier` on :math:`\hat z_{:d}`, ``normalize_head=True``, which
