@@ -355,3 +355,26 @@ def test_huge_sgd_step_of_the_trivialization_is_checked():
         m.generator.copy_(a)
     m(torch.randn(1, 2))  # folds the pending generator
     assert_orthonormal(m)
+
+
+def test_a_restored_stiefel_weight_is_not_reprojected_as_an_edit():
+    """Found by the harness (stiefel, plain RiemannianSGD, float32, data at 1e20): a finite huge step, then a NaN
+    step. The NaN step was undone, but the put-back weight counted as a hand edit and the next read re-projected it
+    (a change of 1.8e-7): the map must hold exactly the weight it had before the step."""
+    torch.manual_seed(1)
+    m = VARIANTS["stiefel"].build((3, 3), dtype=torch.float32)
+    opt = optimizer_for(m, "sgd", 1e-2)
+    g = torch.Generator().manual_seed(1)
+    target = random_orthogonal(3, 3, generator=g, dtype=torch.float64)
+    for step in range(2):
+        x = torch.randn(16, 3, generator=g, dtype=torch.float64) * 1e20
+        opt.zero_grad()
+        nn.functional.mse_loss(m(x.float()), (x @ target.mT).float()).backward()
+        before = m.weight.detach().clone()
+        if step == 0:
+            opt.step()  # finite (gradients ~1e32), far off the manifold: projected back
+            continue
+        with pytest.raises(FloatingPointError, match="restored"):
+            opt.step()  # the loss overflowed: NaN gradients
+        assert torch.equal(m.weight.detach(), before)
+        assert_orthonormal(m)

@@ -134,7 +134,8 @@ class StiefelLinear(RegistersWithOptimizers, AlignmentMap, nn.Module):
         finite, moved = torch.stack([torch.isfinite(w).all().to(w.dtype),
                                      torch.linalg.vector_norm(w - before)]).tolist()
         if not finite or not math.isfinite(moved):
-            restore_before_step(self)
+            if restore_before_step(self):
+                self._mark_exact()  # the weight before the step, accepted then: not an edit to re-project
             raise FloatingPointError(non_finite_step_message("StiefelLinear"))
         if not isinstance(optimizer, geoopt.optim.mixin.OptimMixin):
             project_orthonormal_(w)
