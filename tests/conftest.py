@@ -2,10 +2,13 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("default", deadline=None, max_examples=25,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# "default": the same examples on every run (derandomized), so that `make test` passes or fails reproducibly;
+# "ci": more of them; "explore": fresh random examples every run, to hunt for counterexamples
+# (HYPOTHESIS_PROFILE=explore make test) — a failure found there becomes a regression test.
+_quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("default", deadline=None, max_examples=25, derandomize=True, suppress_health_check=_quiet)
+settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, suppress_health_check=_quiet)
+settings.register_profile("explore", deadline=None, max_examples=100, suppress_health_check=_quiet)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # pytest-xdist runs one process per worker; torch's default of one intra-op thread per core in each of them
