@@ -182,10 +182,7 @@ def project_orthonormal(matrix: torch.Tensor, *, tol: float | None = None, max_p
     record.update(passes=[], svd=False)
     err = math.inf
     for _ in range(max_passes + 1):
-        e = x @ x.mT if wide else x.mT @ x
-        e.diagonal().sub_(1.0)
-        e2 = e @ e
-        err, err2 = torch.stack([torch.linalg.vector_norm(e), torch.linalg.vector_norm(e2)]).tolist()
+        e, e2, err, err2 = _defect(x, wide)
         if not (math.isfinite(err) and math.isfinite(err2)):
             if not bool(torch.isfinite(matrix).all()):
                 raise FloatingPointError("the matrix to project onto orthonormal columns holds NaN or Inf entries")
@@ -194,8 +191,7 @@ def project_orthonormal(matrix: torch.Tensor, *, tol: float | None = None, max_p
         beta = math.sqrt(err2)
         if err <= tol or beta > POLYNOMIAL_REGION or len(record["passes"]) >= max_passes:
             break
-        degree = next((d for d in POLYNOMIAL_DEGREES if projection_bound(d, beta) * err <= tol),
-                      POLYNOMIAL_DEGREES[-1])
+        degree = _degree_for(beta, err, tol)
         x = _polynomial_step(x, e, e2, degree, wide, inplace=inplace)
         record["passes"].append(degree)
         if projection_bound(degree, beta) * err <= tol:
@@ -215,16 +211,26 @@ def _polish(x: torch.Tensor, tol: float, wide: bool, record: dict) -> torch.Tens
     """One polynomial pass after the SVD when its own rounding exceeds ``tol``: LAPACK's singular vectors are
     orthonormal to about :math:`\varepsilon k` (1.0e-14 in float64 at k = 64 on some machines, against the tolerance
     3.6e-15), which one pass brings to rounding."""
+    e, e2, err, err2 = _defect(x, wide)
+    if not (math.isfinite(err) and err > tol and math.sqrt(err2) <= POLYNOMIAL_REGION):
+        return x
+    degree = _degree_for(math.sqrt(err2), err, tol)
+    record["passes"].append(degree)
+    return _polynomial_step(x, e, e2, degree, wide, inplace=False)
+
+
+def _defect(x: torch.Tensor, wide: bool) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """:math:`E = G - I` of the small Gram, :math:`E^2`, and their Frobenius norms (one synchronisation)."""
     e = x @ x.mT if wide else x.mT @ x
     e.diagonal().sub_(1.0)
     e2 = e @ e
     err, err2 = torch.stack([torch.linalg.vector_norm(e), torch.linalg.vector_norm(e2)]).tolist()
-    if not (math.isfinite(err) and err > tol and math.sqrt(err2) <= POLYNOMIAL_REGION):
-        return x
-    beta = math.sqrt(err2)
-    degree = next((d for d in POLYNOMIAL_DEGREES if projection_bound(d, beta) * err <= tol), POLYNOMIAL_DEGREES[-1])
-    record["passes"].append(degree)
-    return _polynomial_step(x, e, e2, degree, wide, inplace=False)
+    return e, e2, err, err2
+
+
+def _degree_for(beta: float, err: float, tol: float) -> int:
+    """The lowest polynomial degree whose guaranteed bound brings ``err`` under ``tol`` (the highest otherwise)."""
+    return next((d for d in POLYNOMIAL_DEGREES if projection_bound(d, beta) * err <= tol), POLYNOMIAL_DEGREES[-1])
 
 
 @torch.no_grad()
