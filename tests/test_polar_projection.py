@@ -128,3 +128,30 @@ def test_a_rounded_orthonormal_matrix_needs_no_pass_at_large_k():
     info = {}
     assert project_orthonormal(x, info=info) is x
     assert info == {"passes": [], "svd": False}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, k", [(96, 64), (300, 256), (256, 256)])
+def test_the_svd_path_is_polished_to_rounding_and_is_the_polar_factor(n, k, dtype):
+    """Far from the manifold (anisotropic singular values 1 … 1e3, an offset) the SVD is taken. Its singular vectors
+    are orthonormal only to about eps k (float64 here: 1.9e-14 at k = 64, 6.5e-14 at k = 256, 4-5 times the
+    tolerance); when that exceeds the tolerance one polynomial pass follows, which brings the defect to its own
+    rounding (1.1-1.2 times the tolerance here), and the result is the polar factor (SciPy's, float64)."""
+    g = torch.Generator().manual_seed(k)
+    u = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))[0]
+    x = (u @ torch.diag(torch.logspace(0, 3, k, dtype=torch.float64)) @ v.T + 0.5).to(dtype)
+    svd_only = float(linalg.orthogonality_error(project_orthonormal(x, max_passes=0)))
+    info = {}
+    y = project_orthonormal(x, info=info)
+    assert info["svd"] and y.dtype == dtype
+    err = float(linalg.orthogonality_error(y))
+    tol = default_tolerance(k, dtype)
+    assert err <= 2 * tol
+    if info["passes"]:  # the SVD alone was above the tolerance: the pass must have improved it
+        assert svd_only > tol and err < 0.5 * svd_only
+    else:
+        assert err == svd_only <= tol
+    ref = torch.from_numpy(scipy_polar(x.double().numpy()))
+    close = 1e-9 if dtype == torch.float64 else 1e-2  # the polar factor's condition: sigma_max / sigma_min = 1e3
+    assert float((y.double() - ref).abs().max()) <= close

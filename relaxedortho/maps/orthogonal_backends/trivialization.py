@@ -122,8 +122,9 @@ class Trivialization(Projected):
             except (FloatingPointError, torch.linalg.LinAlgError):
                 gen.zero_()
                 raise FloatingPointError(f"OrthogonalLinear: an update of spectral norm ~{sigma:.3g} overflowed "
-                                         f"{w.dtype}; the update was discarded and the weight kept (lower the "
-                                         "learning rate)") from None
+                                         f"{w.dtype} (its Cayley transform is not finite, or I - A/2 is singular to "
+                                         "working precision); the update was discarded and the weight kept (lower "
+                                         "the learning rate)") from None
             w.copy_(new)
         else:
             skew_retraction(w, a, inplace=True, kind=kind)
